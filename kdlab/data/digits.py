@@ -1,0 +1,103 @@
+"""scikit-learn's bundled handwritten digits: 1,797 8x8 images, 10 classes, no download."""
+
+import lightning as L
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, Dataset
+
+
+class IndexedTensorDataset(Dataset):
+    """Images and labels as tensors; items are `{"input": [C,H,W], "label": [], "index": []}`.
+
+    The index lets self-distillation methods keep per-sample state (e.g. PS-KD's past predictions).
+    """
+
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        if len(inputs) != len(labels):
+            raise ValueError(f"inputs ({len(inputs)}) and labels ({len(labels)}) differ in length")
+        self.inputs, self.labels = inputs, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"input": self.inputs[index], "label": self.labels[index], "index": torch.tensor(index)}
+
+
+class DigitsDataModule(L.LightningDataModule):
+    """Stratified train/val/test split of the digits, pixels scaled to [0, 1] and standardised.
+
+    The split depends only on `split_seed`, so teachers and students of every run see the same
+    held-out data. Shapes: `input` `[B, 1, 8, 8]` float32, `label` `[B]` int64.
+    """
+
+    num_classes = 10
+    in_channels = 1
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.2,
+        split_seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise ValueError(
+                f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in (0, 1) and sum to < 1"
+            )
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
+        self.num_workers = num_workers
+        self.splits: dict[str, IndexedTensorDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        digits = load_digits()
+        images = digits.images.astype(np.float32) / 16.0
+        labels = digits.target.astype(np.int64)
+        rest_x, test_x, rest_y, test_y = train_test_split(
+            images, labels, test_size=self.test_fraction, stratify=labels, random_state=self.split_seed
+        )
+        train_x, val_x, train_y, val_y = train_test_split(
+            rest_x,
+            rest_y,
+            test_size=self.val_fraction / (1 - self.test_fraction),
+            stratify=rest_y,
+            random_state=self.split_seed,
+        )
+        mean, std = train_x.mean(), train_x.std()
+
+        def to_dataset(x: np.ndarray, y: np.ndarray) -> IndexedTensorDataset:
+            inputs = torch.from_numpy((x - mean) / std).unsqueeze(1)
+            return IndexedTensorDataset(inputs, torch.from_numpy(y))
+
+        self.splits = {
+            "train": to_dataset(train_x, train_y),
+            "val": to_dataset(val_x, val_y),
+            "test": to_dataset(test_x, test_y),
+        }
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
