@@ -1,0 +1,5 @@
+"""Evaluation metrics (torchmetrics-based, so they synchronise across DDP processes)."""
+
+from kdlab.metrics.classification import ClassificationPanel
+
+__all__ = ["ClassificationPanel"]

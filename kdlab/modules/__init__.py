@@ -1,0 +1,8 @@
+"""LightningModules, one per training regime. They own optimisation and logging, never the
+mathematics of a loss (that is the objective's) or of a divergence (that is `kdlab.divergences`')."""
+
+from kdlab.modules.base import NonFiniteLossError
+from kdlab.modules.distill import DistillModule
+from kdlab.modules.teacher import TeacherModule
+
+__all__ = ["DistillModule", "NonFiniteLossError", "TeacherModule"]
