@@ -1,0 +1,63 @@
+"""The `kdlab` command: `kdlab train [HYDRA OVERRIDES]`, `kdlab list [WHAT]`."""
+
+import argparse
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+CONF_DIR = Path(str(files("kdlab") / "conf"))
+_GROUPS = {"methods": "method", "models": "model", "datasets": "dataset"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        from kdlab import train
+
+        # Hydra reads sys.argv. Naming the module file as the program also lets Lightning's DDP
+        # launcher restart this same command in its worker processes.
+        sys.argv = [train.__file__, *argv[1:]]
+        train.main()
+        return
+    parser = argparse.ArgumentParser(prog="kdlab", description="Experiments on the choice of divergence in KD.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("train", help="train and evaluate (Hydra overrides follow; see `kdlab train --help`)")
+    listing = commands.add_parser("list", help="print the registries of methods, divergences, models, datasets")
+    listing.add_argument("what", nargs="?", choices=[*_GROUPS, "divergences"], help="one registry (default: all)")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        print_registries([args.what] if args.what else [*_GROUPS, "divergences"])
+
+
+def print_registries(names: list[str]) -> None:
+    console = Console()
+    for name in names:
+        table = Table(title=name, title_justify="left")
+        if name == "divergences":
+            from kdlab.divergences import describe
+
+            for column in ("name", "parameters", "formula"):
+                table.add_column(column)
+            for row in describe():
+                table.add_row(*row)
+        else:
+            table.add_column("name")
+            table.add_column("description")
+            for path in sorted((CONF_DIR / _GROUPS[name]).glob("*.yaml")):
+                table.add_row(path.stem, config_description(path))
+        console.print(table)
+
+
+def config_description(path: Path) -> str:
+    """The first comment line of a config file that is not a `# @package` directive."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#") and not line.startswith("# @package"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""The short table a run ends with in the terminal."""
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+# (metric key, label, format) in the order they are shown; missing metrics are skipped.
+_ROWS = (
+    ("test/teacher_acc", "teacher accuracy (test)", "{:.2%}"),
+    ("test/acc", "student accuracy (test)", "{:.2%}"),
+    ("test/agreement", "teacher-student top-1 agreement", "{:.2%}"),
+    ("test/kl", "KL(teacher || student), test mean", "{:.4f}"),
+    ("val/acc", "student accuracy (val, last epoch)", "{:.2%}"),
+)
+
+
+def print_summary(run_name: str, metrics: dict[str, float], run_dir: Path) -> None:
+    table = Table(title=f"kdlab · {run_name}", show_header=False, title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, label, fmt in _ROWS:
+        if key in metrics:
+            table.add_row(label, fmt.format(metrics[key]))
+    console = Console()
+    console.print(table)
+    print(f"run directory: {run_dir}")
