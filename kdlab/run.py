@@ -11,7 +11,6 @@ import lightning as L
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from kdlab.checks import check_label_spaces
 from kdlab.loggers import finish_wandb_run
 from kdlab.results import RESULTS_FILE, environment_versions, write_json_atomic
 from kdlab.resume import record_fingerprint, resume_checkpoint
@@ -28,14 +27,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
     record_fingerprint(cfg)
     ckpt_path = resume_checkpoint(cfg)
 
+    module_class = get_class(cfg.module._target_)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset.datamodule)
-    module_class = get_class(cfg.module._target_)
-    teacher = load_teacher(cfg, datamodule) if module_class.requires_teacher else None
-
-    L.seed_everything(cfg.seed, workers=True)  # the student starts the same, teacher trained now or cached
     student = instantiate(cfg.model.student)
-    check_label_spaces(datamodule, cfg.dataset.num_classes, student, teacher.model if teacher else None)
+    teacher_model = instantiate(cfg.model.teacher) if module_class.teacher_role else None
+    module_class.check_models(datamodule, cfg.dataset, student, teacher_model)
+
+    teacher = load_teacher(cfg, datamodule, teacher_model) if module_class.teacher_role == "frozen" else None
+    L.seed_everything(cfg.seed, workers=True)  # training repeats exactly, teacher trained now or cached
     module = instantiate(
         cfg.module,
         model=student,
@@ -43,7 +43,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.scheduler else None,
         num_classes=cfg.dataset.num_classes,
-        **({"teacher": teacher.model} if teacher else {}),
+        **({"teacher": teacher_model} if teacher_model is not None else {}),
     )
     loggers = [instantiate(logger) for logger in cfg.logger.values()]
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]

@@ -54,9 +54,9 @@ def teacher_config(cfg: DictConfig) -> dict:
     }
 
 
-def load_teacher(cfg: DictConfig, datamodule: L.LightningDataModule) -> CachedTeacher:
-    """Return the teacher for `cfg`: from `teacher.ckpt_path`, from the cache, or trained now."""
-    model = instantiate(cfg.model.teacher)
+def load_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, model: nn.Module) -> CachedTeacher:
+    """Give `model` (built from `cfg.model.teacher`) the weights of the teacher for `cfg`:
+    from `teacher.ckpt_path`, from the cache, or by training it now."""
     if cfg.teacher.ckpt_path:
         path = Path(cfg.teacher.ckpt_path)
         model.load_state_dict(read_state_dict(path))

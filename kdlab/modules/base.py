@@ -7,6 +7,9 @@ import lightning as L
 import torch
 from torch import nn
 
+from omegaconf import DictConfig
+
+from kdlab.checks import check_label_spaces
 from kdlab.metrics import ClassificationPanel
 
 Objective = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -19,13 +22,17 @@ class NonFiniteLossError(RuntimeError):
 class ClassifierModule(L.LightningModule):
     """Base of the classification regimes.
 
-    Subclasses implement `model_outputs(batch) -> {"logits": [B, C], ...}` and
-    `trainable_parameters()`. The objective turns outputs into `(loss, logs)`; `optimizer` and
-    `scheduler` are partials (from Hydra `_partial_: true`) that take the parameters / optimizer.
-    Logged: `train/loss`, `train/<term>` per objective term, `<split>/<metric>` per evaluation metric.
+    Subclasses implement `model_outputs(batch) -> {"logits": [B, C], ...}`. The objective turns
+    outputs into `(loss, logs)`; its own parameters (auxiliary heads, projectors) are trained with
+    the model's. `optimizer` and `scheduler` are partials (Hydra `_partial_: true`) that take the
+    parameters / the optimizer. Logged: `train/loss`, `train/<term>` per objective term,
+    `<split>/<metric>` per evaluation metric.
+
+    `teacher_role` tells `kdlab.run` what the regime needs: None (no teacher), "frozen" (a trained
+    teacher from the cache, never updated) or "online" (a fresh teacher trained alongside).
     """
 
-    requires_teacher: ClassVar[bool] = False
+    teacher_role: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -44,7 +51,16 @@ class ClassifierModule(L.LightningModule):
         raise NotImplementedError
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        raise NotImplementedError
+        """The trained model's parameters and the objective's (e.g. an auxiliary head)."""
+        yield from self.model.parameters()
+        yield from self.objective.parameters()
+
+    @classmethod
+    def check_models(
+        cls, datamodule: L.LightningDataModule, dataset: DictConfig, student: nn.Module, teacher: nn.Module | None
+    ) -> None:
+        """Fail before any training when the models do not fit the data or each other."""
+        check_label_spaces(datamodule, dataset.num_classes, student, teacher)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.trainable_parameters())

@@ -1,7 +1,5 @@
 """Offline distillation: a frozen teacher guides a student."""
 
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
@@ -16,7 +14,7 @@ class DistillModule(ClassifierModule):
     runs under `torch.no_grad`, has `requires_grad=False` and is never given to the optimiser.
     """
 
-    requires_teacher = True
+    teacher_role = "frozen"
 
     def __init__(self, model: nn.Module, teacher: nn.Module, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -35,6 +33,3 @@ class DistillModule(ClassifierModule):
         with torch.no_grad():
             teacher_logits = self.teacher(batch["input"])
         return {"logits": self.model(batch["input"]), "teacher_logits": teacher_logits}
-
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        return self.model.parameters()

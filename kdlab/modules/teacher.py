@@ -1,7 +1,5 @@
 """Supervised training of one model: teachers, and the `scratch` student baseline."""
 
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
@@ -20,6 +18,3 @@ class TeacherModule(ClassifierModule):
 
     def model_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"logits": self.model(batch["input"])}
-
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        return self.model.parameters()
