@@ -2,8 +2,8 @@
 
 A run records a fingerprint of its resolved config (its own directory written as `<run>`,
 `resume`/`ckpt_path` left out) in `config_fingerprint`. `resume=true` (or `ckpt_path=last`)
-continues the newest run with the same fingerprint that has a `checkpoints/last.ckpt` and no
-`results.json` yet: the run's own directory (when `hydra.run.dir` names it) or a sibling of it
+continues the newest run with the same fingerprint that has a `checkpoints/last.ckpt` and did
+not complete (no `results.json`, or one whose status is "failed"): the run's own directory (when `hydra.run.dir` names it) or a sibling of it
 (the same run name started earlier).
 """
 
@@ -53,7 +53,7 @@ def resume_checkpoint(cfg: DictConfig) -> Path | None:
         d / LAST_CHECKPOINT
         for d in candidates
         if (d / LAST_CHECKPOINT).is_file()
-        and not (d / RESULTS_FILE).exists()
+        and not _completed(d)
         and (d / FINGERPRINT_FILE).is_file()
         and (d / FINGERPRINT_FILE).read_text().strip() == key
     ]
@@ -63,3 +63,8 @@ def resume_checkpoint(cfg: DictConfig) -> Path | None:
             "start without resume, or pass ckpt_path=PATH"
         )
     return max(unfinished, key=lambda p: p.stat().st_mtime)
+
+
+def _completed(run_dir: Path) -> bool:
+    results = run_dir / RESULTS_FILE
+    return results.exists() and json.loads(results.read_text()).get("status") == "completed"

@@ -4,6 +4,7 @@
 """
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -21,7 +22,35 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Train and evaluate what `cfg` describes; write `results.json`; return the final metrics."""
+    """Train and evaluate what `cfg` describes; write `results.json`; return the final metrics.
+
+    A run that raises still leaves a `results.json`, with `"status": "failed"` and the error, so
+    that reports list it instead of silently missing it.
+    """
+    try:
+        return _run(cfg)
+    except Exception as error:
+        if int(os.environ.get("RANK", "0")) == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            write_json_atomic(
+                Path(cfg.paths.output_dir) / RESULTS_FILE,
+                {**_run_identity(cfg), "status": "failed", "error": f"{type(error).__name__}: {error}",
+                 "versions": environment_versions(), "config": OmegaConf.to_container(cfg, resolve=True)},
+            )
+        raise
+
+
+def _run_identity(cfg: DictConfig) -> dict:
+    return {
+        "run_name": cfg.run_name,
+        "method": cfg.method,
+        "divergence": cfg.divergence.name,
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "seed": cfg.seed,
+    }
+
+
+def _run(cfg: DictConfig) -> dict[str, float]:
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
     record_fingerprint(cfg)
@@ -65,13 +94,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         write_json_atomic(
             output_dir / RESULTS_FILE,
             {
+                **_run_identity(cfg),
                 "status": "completed",
-                "run_name": cfg.run_name,
-                "method": cfg.method,
-                "divergence": cfg.divergence.name,
-                "model": cfg.model.name,
-                "dataset": cfg.dataset.name,
-                "seed": cfg.seed,
                 "metrics": metrics,
                 "teacher": _teacher_record(teacher),
                 "resumed_from": str(ckpt_path) if ckpt_path else None,

@@ -87,10 +87,13 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(outputs: Path) -> None
     assert min(epochs) > 0 and max(epochs) == 29
 
 
-def test_resume_without_an_unfinished_run_says_so(outputs: Path) -> None:
+def test_a_failed_run_says_why_and_is_recorded(outputs: Path) -> None:
     result = kdlab("train", "+method=scratch", "resume=true", "logger=none", outputs=outputs, check=False)
     assert result.returncode != 0
     assert "no unfinished run with this config" in result.stderr
+    (record,) = results_of(outputs / "runs")
+    assert record["status"] == "failed" and "no unfinished run" in record["error"]
+    assert record["method"] == "scratch" and record["config"]["resume"] is True
 
 
 def test_ddp_on_two_cpu_processes(outputs: Path) -> None:
