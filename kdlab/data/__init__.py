@@ -1,5 +1,8 @@
 """LightningDataModules, one per dataset family. Batches are dicts: `input`, `label`, `index`."""
 
+from kdlab.data.cifar import CIFARDataModule
 from kdlab.data.digits import DigitsDataModule
+from kdlab.data.on_device import DeviceBatches
+from kdlab.data.synthetic_preferences import SyntheticPreferenceDataModule
 
-__all__ = ["DigitsDataModule"]
+__all__ = ["CIFARDataModule", "DeviceBatches", "DigitsDataModule", "SyntheticPreferenceDataModule"]
