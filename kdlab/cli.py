@@ -1,4 +1,4 @@
-"""The `kdlab` command: `kdlab train [HYDRA OVERRIDES]`, `kdlab list [WHAT]`."""
+"""The `kdlab` command: `kdlab train [HYDRA OVERRIDES]`, `kdlab list [WHAT]`, `kdlab report PATH...`."""
 
 import argparse
 import sys
@@ -27,9 +27,25 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("train", help="train and evaluate (Hydra overrides follow; see `kdlab train --help`)")
     listing = commands.add_parser("list", help="print the registries of methods, divergences, models, datasets")
     listing.add_argument("what", nargs="?", choices=[*_GROUPS, "divergences"], help="one registry (default: all)")
+    report = commands.add_parser("report", help="tables and plots of the runs under run or multirun directories")
+    report.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="run or multirun directories")
+    report.add_argument("--out", type=Path, help="output directory (default: <first PATH>/report)")
+    report.add_argument("--metric", default="test/acc", help="the metric in the table (default: test/acc)")
+    report.add_argument("--rows", default="method", help="run field or config path for rows (default: method)")
+    report.add_argument("--cols", default="divergence", help="run field or config path for columns (default: divergence)")
+    report.add_argument("--curves", help="comma-separated CSV metrics to plot per epoch (default: val/<metric>,train/loss)")
     args = parser.parse_args(argv)
     if args.command == "list":
         print_registries([args.what] if args.what else [*_GROUPS, "divergences"])
+    elif args.command == "report":
+        from kdlab.report import print_report, write_report
+
+        curves = args.curves.split(",") if args.curves else None
+        try:
+            result = write_report(args.paths, args.out, args.metric, args.rows, args.cols, curves)
+        except ValueError as error:
+            report.error(str(error))
+        print_report(result, args.metric, args.rows)
 
 
 def print_registries(names: list[str]) -> None:

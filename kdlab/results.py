@@ -13,16 +13,20 @@ _PACKAGES = ("kdlab", "torch", "torchvision", "lightning", "torchmetrics", "hydr
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write `data` as JSON to `path` so that readers see the old file or the new one, never half of one.
+    """Write `data` as JSON to `path` so that readers see the old file or the new one, never half of one."""
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
-    The text goes to a temporary file in the same directory, is flushed to disk, then renamed.
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write text or bytes to `path` so that readers see the old file or the new one, never half of one.
+
+    The data go to a temporary file in the same directory, are flushed to disk, then renamed.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as file:
-            json.dump(data, file, indent=2, sort_keys=False, default=str)
-            file.write("\n")
+        with os.fdopen(fd, "wb") as file:
+            file.write(data.encode() if isinstance(data, str) else data)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kdlab.fingerprint import fingerprint
+from kdlab.loggers import dir_run_id, finish_wandb_run
 from kdlab.modules import TeacherModule
 from kdlab.results import write_json_atomic
 
@@ -110,16 +111,26 @@ def train_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, model: nn.
         scheduler=instantiate(cfg.teacher.scheduler) if cfg.teacher.scheduler else None,
         num_classes=cfg.dataset.num_classes,
     )
+    loggers = [CSVLogger(str(entry), name="csv", version="")]
+    if "wandb" in cfg.logger:  # the teacher's own W&B run, tagged like the students distilled from it
+        key = entry.name
+        entry.mkdir(parents=True, exist_ok=True)
+        loggers.append(instantiate(cfg.logger.wandb, name=f"teacher-{key}", job_type="teacher", save_dir=str(entry),
+                                   run_id=dir_run_id(entry), tags=["teacher", f"teacher:{key}", cfg.model.name, cfg.dataset.name]))
+        loggers[-1].log_hyperparams({**teacher_config(cfg), "fingerprint": key})
     trainer = instantiate(
         cfg.trainer,
         max_epochs=cfg.teacher.max_epochs,
         default_root_dir=str(entry),
-        logger=CSVLogger(str(entry), name="csv", version=""),
+        logger=loggers,
         callbacks=[instantiate(cfg.callbacks.progress_bar)] if "progress_bar" in cfg.callbacks else [],
         enable_checkpointing=False,
     )
-    trainer.fit(module, datamodule=datamodule)
-    (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
+    try:
+        trainer.fit(module, datamodule=datamodule)
+        (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
+    finally:
+        finish_wandb_run()
     model.eval()
     return {name.replace("test/", ""): float(value) for name, value in results.items()}
 
@@ -136,4 +147,5 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def _is_ddp_worker() -> bool:
     """True in the non-zero-rank processes of a multi-process run (Lightning, torchrun, SLURM)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("RANK", "0")) > 0
+    # srun starts every task of a multi-task SLURM job itself (hardware=slurm): only SLURM_PROCID tells the rank then.
+    return any(int(os.environ.get(name, "0")) > 0 for name in ("LOCAL_RANK", "RANK", "SLURM_PROCID"))
