@@ -12,6 +12,10 @@ _ROWS = (
     ("test/agreement", "teacher-student top-1 agreement", "{:.2%}"),
     ("test/kl", "KL(teacher || student), test mean", "{:.4f}"),
     ("val/acc", "student accuracy (val, last epoch)", "{:.2%}"),
+    ("test/accuracy", "preference accuracy (test pairs)", "{:.2%}"),
+    ("test/reward", "true reward of policy samples (test)", "{:.4f}"),
+    ("test/kl_ref", "KL(policy || reference) of samples (test)", "{:.4f}"),
+    ("test/entropy", "entropy of policy samples (test, nats)", "{:.3f}"),
 )
 
 

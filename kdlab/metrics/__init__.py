@@ -1,5 +1,6 @@
 """Evaluation metrics (torchmetrics-based, so they synchronise across DDP processes)."""
 
+from kdlab.metrics.alignment import PreferencePanel
 from kdlab.metrics.classification import ClassificationPanel
 
-__all__ = ["ClassificationPanel"]
+__all__ = ["ClassificationPanel", "PreferencePanel"]

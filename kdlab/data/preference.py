@@ -1,0 +1,200 @@
+"""Preference pairs `(prompt, chosen, rejected)` from Hugging Face `datasets`, tokenised for `PolicyModule`.
+
+Sources: any `datasets.load_dataset(path, name, data_files=...)` — a hub dataset, or local
+`json`/`parquet`/`csv` files. Two layouts:
+- `explicit`: columns `prompt`, `chosen`, `rejected` (names configurable with `columns`);
+- `hh` (Anthropic hh-rlhf): columns `chosen`, `rejected` each hold the whole conversation
+  `"\\n\\nHuman: ... \\n\\nAssistant: ..."`; the prompt is everything up to and including the last
+  `"\\n\\nAssistant:"` of `chosen`, which `rejected` must share, and the responses are the rest.
+
+A bad pair — an empty response, `chosen == rejected`, or (hh) two conversations that differ before
+the last answer — raises a ValueError naming the row (`on_bad_pair="error"`), or is dropped and
+counted in `skipped[split]` (`"skip"`). A missing column always raises.
+
+Batches: `input_ids, attention_mask, labels [2B, L]` (B chosen rows, then the B rejected rows;
+right padding; labels -100 on prompt and padding) and `index [B]` (the pair's position in its split).
+Each sequence is `prompt + response + EOS`, the prompt cut from the left to `max_prompt_length`
+tokens, the response then cut to fit `max_length`.
+"""
+
+import logging
+from collections.abc import Mapping
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+IGNORE_INDEX = -100
+HH_ASSISTANT = "\n\nAssistant:"
+LAYOUTS = ("explicit", "hh")
+log = logging.getLogger(__name__)
+
+
+def parse_pair(row: Mapping[str, str], layout: str, columns: Mapping[str, str]) -> tuple[str, str, str]:
+    """`(prompt, chosen response, rejected response)` of one row; ValueError with the reason if it is a bad pair."""
+    chosen, rejected = row[columns["chosen"]], row[columns["rejected"]]
+    if layout == "hh":
+        cut = chosen.rfind(HH_ASSISTANT)
+        if cut < 0:
+            raise ValueError(f"no {HH_ASSISTANT!r} turn in the chosen conversation")
+        prompt = chosen[: cut + len(HH_ASSISTANT)]
+        if not rejected.startswith(prompt):
+            raise ValueError("chosen and rejected conversations differ before the last Assistant turn")
+        chosen, rejected = chosen[len(prompt) :], rejected[len(prompt) :]
+    else:
+        prompt = row[columns["prompt"]]
+    if not chosen.strip() or not rejected.strip():
+        raise ValueError("empty response")
+    if chosen == rejected:
+        raise ValueError("chosen = rejected")
+    return prompt, chosen, rejected
+
+
+class PreferenceDataModule(L.LightningDataModule):
+    """Preference data for `PolicyModule` (see the module docstring for layouts, bad pairs and batches).
+
+    `splits` maps kdlab's `train`/`val`/`test` to the dataset's split names; a `val` of None is carved
+    from train (`val_fraction`, seeded). `tokenizer` is the policy's (hub name or local path),
+    loaded in `setup`; without a pad token, EOS pads. `eval_prompts(split, n)` gives the first n
+    prompts of a split, left-padded, for sampling from the policy.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        tokenizer: str,
+        name: str | None = None,
+        data_files: str | list[str] | dict[str, str | list[str]] | None = None,
+        layout: str = "explicit",
+        columns: Mapping[str, str] | None = None,
+        splits: Mapping[str, str | None] | None = None,
+        val_fraction: float = 0.05,
+        max_prompt_length: int = 256,
+        max_length: int = 512,
+        batch_size: int = 8,
+        on_bad_pair: str = "error",
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        if on_bad_pair not in ("error", "skip"):
+            raise ValueError(f"on_bad_pair must be 'error' or 'skip', got {on_bad_pair!r}")
+        if not 0 < max_prompt_length < max_length:
+            raise ValueError(f"need 0 < max_prompt_length < max_length, got {max_prompt_length} and {max_length}")
+        self.path, self.name, self.data_files, self.tokenizer_name = path, name, data_files, tokenizer
+        self.layout = layout
+        self.columns = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"} | dict(columns or {})
+        self.splits = {"train": "train", "val": None, "test": "test"} | dict(splits or {})
+        self.val_fraction, self.max_prompt_length, self.max_length = val_fraction, max_prompt_length, max_length
+        self.batch_size, self.on_bad_pair, self.num_workers, self.seed = batch_size, on_bad_pair, num_workers, seed
+        self.tokenizer = None
+        self.pairs: dict[str, list[dict[str, list[int]]]] = {}
+        self.skipped: dict[str, int] = {}
+
+    def _load(self):
+        import datasets  # imported here: building the data module stays cheap
+
+        return datasets.load_dataset(self.path, self.name, data_files=self.data_files)
+
+    def prepare_data(self) -> None:
+        self._load()  # download once (process 0); `setup` then reads the local cache
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.pairs:
+            return
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_name)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        data = self._load()
+        if self.splits["val"] is None:
+            carved = data[self.splits["train"]].train_test_split(test_size=self.val_fraction, seed=self.seed)
+            sources = {"train": carved["train"], "val": carved["test"], "test": data[self.splits["test"]]}
+        else:
+            sources = {split: data[name] for split, name in self.splits.items()}
+        needed = [self.columns[key] for key in (("chosen", "rejected") if self.layout == "hh" else ("prompt", "chosen", "rejected"))]
+        for split, rows in sources.items():
+            missing = [column for column in needed if column not in rows.column_names]
+            if missing:
+                raise ValueError(f"the {split} split of {self.path} has no column {', '.join(map(repr, missing))} "
+                                 f"(columns: {rows.column_names}); map yours with dataset.datamodule.columns")
+            self.pairs[split] = self._encode_split(split, rows)
+
+    def _encode_split(self, split: str, rows) -> list[dict[str, list[int]]]:
+        pairs, skipped = [], 0
+        for number, row in enumerate(rows):
+            try:
+                prompt, chosen, rejected = parse_pair(row, self.layout, self.columns)
+                pairs.append(self._encode(prompt, chosen, rejected))
+            except ValueError as reason:
+                if self.on_bad_pair == "error":
+                    raise ValueError(f"bad preference pair in the {split} split, row {number}: {reason} "
+                                     "(dataset.datamodule.on_bad_pair=skip drops and counts such pairs)") from None
+                skipped += 1
+        self.skipped[split] = skipped
+        if skipped:
+            log.warning("skipped %d bad pairs of %d in the %s split", skipped, len(rows), split)
+        if not pairs:
+            raise ValueError(f"no usable preference pair in the {split} split of {self.path}")
+        return pairs
+
+    def _encode(self, prompt: str, chosen: str, rejected: str) -> dict[str, list[int]]:
+        encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        prompt_ids = encode(prompt)[-self.max_prompt_length :]
+        room = self.max_length - len(prompt_ids)
+        responses = {key: (encode(text) + [self.tokenizer.eos_token_id])[:room] for key, text in (("chosen", chosen), ("rejected", rejected))}
+        if responses["chosen"] == responses["rejected"]:
+            raise ValueError("chosen = rejected after tokenisation and truncation")
+        return {"prompt": prompt_ids} | responses
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    def collate(self, items: list[tuple[int, dict[str, list[int]]]]) -> dict[str, torch.Tensor]:
+        rows = [(pair["prompt"], pair[key]) for key in ("chosen", "rejected") for _, pair in items]
+        length = max(len(prompt) + len(response) for prompt, response in rows)
+        input_ids = torch.full((len(rows), length), self.pad_token_id)
+        labels = torch.full((len(rows), length), IGNORE_INDEX)
+        attention_mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for row, (prompt, response) in enumerate(rows):
+            end = len(prompt) + len(response)
+            input_ids[row, :end] = torch.tensor(prompt + response)
+            labels[row, len(prompt) : end] = torch.tensor(response)
+            attention_mask[row, :end] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+                "index": torch.tensor([index for index, _ in items])}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(list(enumerate(self.pairs[split])), batch_size=self.batch_size, shuffle=shuffle,
+                          collate_fn=self.collate, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def eval_prompts(self, split: str, n: int) -> dict[str, torch.Tensor]:
+        prompts = [self.pairs[split][i % len(self.pairs[split])]["prompt"] for i in range(n)]
+        length = max(map(len, prompts))
+        input_ids = torch.full((n, length), self.pad_token_id)
+        attention_mask = torch.zeros(n, length, dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, length - len(prompt) :] = torch.tensor(prompt)
+            attention_mask[row, length - len(prompt) :] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
