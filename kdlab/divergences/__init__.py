@@ -1,0 +1,42 @@
+"""Divergences between a student q = softmax(z_s / T) and a teacher p = softmax(z_t / T).
+
+Every divergence is a pure function
+`fn(student_logits, teacher_logits, *, mask=None, temperature=1.0, reduction="mean", **params)` on
+logits `[..., V]` (`[B, C]` per sample, `[B, L, V]` per token), in log space with float32
+accumulation. Find them by name in `REGISTRY` / `get`; `chunked` bounds the memory of per-position
+ones; `sinkhorn` is batch-level.
+"""
+
+from kdlab.divergences.chunked import chunked
+from kdlab.divergences.distances import chi2, cs, hellinger, tvd
+from kdlab.divergences.fdiv import F_FUNCTIONS, fdiv
+from kdlab.divergences.kl import fkl, jeffreys, rkl
+from kdlab.divergences.mixture import gjsd, js, skl, srkl
+from kdlab.divergences.power import ab, alpha
+from kdlab.divergences.registry import REGISTRY, describe, get, parameters
+from kdlab.divergences.sinkhorn import entropic_plan, sinkhorn
+
+__all__ = [
+    "F_FUNCTIONS",
+    "REGISTRY",
+    "ab",
+    "alpha",
+    "chi2",
+    "chunked",
+    "cs",
+    "describe",
+    "entropic_plan",
+    "fdiv",
+    "fkl",
+    "get",
+    "gjsd",
+    "hellinger",
+    "jeffreys",
+    "js",
+    "parameters",
+    "rkl",
+    "sinkhorn",
+    "skl",
+    "srkl",
+    "tvd",
+]

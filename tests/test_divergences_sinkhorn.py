@@ -1,0 +1,106 @@
+"""The batch-level Sinkhorn divergence against SinKD's algorithm written plainly, POT, and its OT properties."""
+
+import pytest
+import torch
+
+from kdlab.divergences import entropic_plan, get
+
+
+def logits(*shape, scale=3.0, dtype=torch.float64, seed=0):
+    return (scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed))).to(dtype)
+
+
+def sinkd_code_value(student, teacher, temperature, epsilon, n_iters, entropic=False, detach_plan=False):
+    """SinKD's loss.py, restated: L1 cost between the B student and B teacher rows, P = exp(-C/eps)
+    normalised over rows then columns n_iters times (unit row and column sums, total mass B); per-row
+    costs sum_j P_ij C_ij. With entropic=True the uniform-marginal plan's entropy term is added."""
+    q, p = torch.softmax(student.double() / temperature, -1), torch.softmax(teacher.double() / temperature, -1)
+    cost = (q[:, None, :] - p[None, :, :]).abs().sum(-1)
+    plan = torch.exp(-cost / epsilon)
+    for _ in range(n_iters):
+        plan = plan / plan.sum(1, keepdim=True)
+        plan = plan / plan.sum(0, keepdim=True)
+    if detach_plan:
+        plan = plan.detach()
+    b = cost.shape[0]
+    per_pair = cost + epsilon * (plan / b * b * b).log() if entropic else cost
+    return (plan * per_pair).sum(1)
+
+
+@pytest.mark.parametrize("domain", ["log", "plain"])
+@pytest.mark.parametrize("detach_plan", [False, True])
+def test_sum_is_sinkd_code_value_and_mean_is_uniform_marginal_distance(domain, detach_plan):
+    student, teacher = logits(6, 10, seed=1).requires_grad_(), logits(6, 10, seed=2).requires_grad_()
+    fn = get("sinkhorn", epsilon=0.1, n_iters=20, domain=domain, detach_plan=detach_plan)
+    for reduction, reduce in (("none", lambda rows: rows), ("sum", torch.sum), ("mean", lambda rows: rows.sum() / 6)):
+        value = fn(student, teacher, temperature=2.0, reduction=reduction)
+        expected = reduce(sinkd_code_value(student, teacher, 2.0, 0.1, 20, detach_plan=detach_plan))
+        torch.testing.assert_close(value, expected, rtol=1e-9, atol=1e-12)
+        for got, want in zip(torch.autograd.grad(value.sum(), (student, teacher)), torch.autograd.grad(expected.sum(), (student, teacher))):
+            torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-10)
+
+
+def test_mask_selects_the_positions_that_form_the_point_clouds():
+    student, teacher = logits(2, 4, 8, seed=3), logits(2, 4, 8, seed=4)
+    mask = torch.tensor([[True, True, False, True], [False, True, True, False]])
+    value = get("sinkhorn")(student, teacher, mask=mask, reduction="none")
+    rows = sinkd_code_value(student[mask], teacher[mask], 1.0, 0.1, 20)
+    torch.testing.assert_close(value[mask], rows)
+    assert (value[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("variant", ["entropic", "debiased"])
+def test_entropic_and_debiased_variants(variant):
+    student, teacher = logits(5, 7, seed=5), logits(5, 7, seed=6)
+    value = get("sinkhorn", variant=variant, n_iters=50)(student, teacher, reduction="mean")
+
+    def ot(x, y):
+        return sinkd_code_value(x, y, 1.0, 0.1, 50, entropic=True).sum() / 5
+
+    expected = ot(student, teacher)
+    if variant == "debiased":
+        expected = expected - 0.5 * (ot(student, student) + ot(teacher, teacher))
+    torch.testing.assert_close(value, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_identical_inputs_positive_for_entropic_plans_zero_when_debiased_and_vanishing_with_epsilon():
+    teacher = logits(6, 12, seed=7)
+    for variant in ("cuturi_primal", "entropic"):
+        assert get("sinkhorn", variant=variant)(teacher, teacher.clone()) > 1e-4  # the plan is not diagonal at eps = 0.1
+    assert get("sinkhorn", variant="debiased")(teacher, teacher.clone()).abs() < 1e-12
+    values = [get("sinkhorn", epsilon=eps, n_iters=300)(teacher, teacher.clone()).item() for eps in (0.1, 0.03, 0.01, 0.003)]
+    assert values == sorted(values, reverse=True) and values[-1] < 1e-4
+
+
+def test_log_domain_plan_marginals_converge():
+    cost = torch.cdist(logits(7, 5, seed=8).softmax(-1), logits(9, 5, seed=9).softmax(-1), p=1)
+    plan = entropic_plan(cost, epsilon=0.01, n_iters=300).exp()
+    torch.testing.assert_close(plan.sum(1), torch.full((7,), 1 / 7, dtype=torch.float64), atol=1e-3, rtol=0)
+    torch.testing.assert_close(plan.sum(0), torch.full((9,), 1 / 9, dtype=torch.float64), atol=1e-12, rtol=0)  # the last update is the columns'
+
+
+def test_plain_domain_equals_log_domain():
+    cost = torch.cdist(logits(6, 5, seed=10).softmax(-1), logits(6, 5, seed=11).softmax(-1), p=1)
+    torch.testing.assert_close(entropic_plan(cost, 0.1, 20, "plain"), entropic_plan(cost, 0.1, 20, "log"))
+
+
+@pytest.mark.parametrize("cost", ["l1", "l2", "sq_l2"])
+def test_costs_give_finite_gradients_for_identical_inputs_and_pass_gradcheck(cost):
+    teacher = logits(4, 6, seed=12)
+    student = teacher.clone().requires_grad_()
+    fn = get("sinkhorn", cost=cost, n_iters=5)
+    assert torch.autograd.grad(fn(student, teacher), student)[0].isfinite().all()
+    student, teacher = logits(4, 6, seed=13).requires_grad_(), logits(4, 6, seed=14).requires_grad_()
+    assert torch.autograd.gradcheck(lambda s, t: fn(s, t, temperature=2.0, reduction="none"), (student, teacher))
+
+
+def test_matches_pot_plan_and_distance_at_convergence():
+    ot = pytest.importorskip("ot")
+    student, teacher = logits(8, 6, scale=1.0, seed=15), logits(8, 6, scale=1.0, seed=16)
+    q, p = student.softmax(-1), teacher.softmax(-1)
+    cost = torch.cdist(q, p, p=1)
+    uniform = torch.full((8,), 1 / 8, dtype=torch.float64)
+    pot_plan = ot.sinkhorn(uniform, uniform, cost, reg=0.1, method="sinkhorn_log", numItermax=20000, stopThr=1e-15)
+    torch.testing.assert_close(entropic_plan(cost, 0.1, 1000).exp(), pot_plan, rtol=1e-9, atol=1e-12)
+    pot_distance = ot.sinkhorn2(uniform, uniform, cost, reg=0.1, method="sinkhorn_log", numItermax=20000, stopThr=1e-15)
+    torch.testing.assert_close(get("sinkhorn", epsilon=0.1, n_iters=1000)(student, teacher), pot_distance, rtol=1e-9, atol=1e-12)
