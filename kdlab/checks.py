@@ -1,5 +1,7 @@
 """Checks that run before training, so that a mismatched setup fails in seconds, not hours."""
 
+import inspect
+
 import lightning as L
 import torch
 from torch import nn
@@ -34,3 +36,31 @@ def _logit_width(model: nn.Module, inputs: torch.Tensor) -> int:
         width = model(inputs).shape[-1]
     model.train(was_training)
     return width
+
+
+def check_features(objective: str, student: nn.Module, teacher: nn.Module | None = None) -> None:
+    """Raise ValueError unless every model can return features (`forward(x, return_features=True)`),
+    which objectives that declare `needs_features` (ND, USKD, DHKD) read."""
+    models = {"student": student} | ({"teacher": teacher} if teacher is not None else {})
+    lacking = [
+        f"the {role} ({type(model).__name__})"
+        for role, model in models.items()
+        if "return_features" not in inspect.signature(model.forward).parameters
+    ]
+    if lacking:
+        raise ValueError(
+            f"{objective} needs intermediate features, but {' and '.join(lacking)} cannot return them: "
+            "its forward has no `return_features` argument. Use a kdlab vision model (kdlab list models)."
+        )
+
+
+def check_teacher_source(method: str, teacher_role: str | None, ckpt_path: str | None) -> None:
+    """Raise ValueError when a teacher checkpoint is given to a regime that would ignore it: methods
+    with no teacher (scratch, self-distillation such as uskd and pskd) and online methods, whose
+    teacher is trained from scratch alongside the student (bdkd)."""
+    if ckpt_path and teacher_role != "frozen":
+        kind = "trains its teacher from scratch with the student" if teacher_role == "online" else "uses no teacher"
+        raise ValueError(
+            f"teacher.ckpt_path={ckpt_path} was given, but method {method} {kind}; "
+            "drop teacher.ckpt_path or pick a method that distils from a trained teacher (e.g. +method=kd)."
+        )

@@ -4,7 +4,6 @@
 """
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -12,6 +11,8 @@ import lightning as L
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from kdlab.checks import check_teacher_source
+from kdlab.distributed import is_worker_process
 from kdlab.loggers import finish_wandb_run
 from kdlab.results import RESULTS_FILE, environment_versions, write_json_atomic
 from kdlab.resume import record_fingerprint, resume_checkpoint
@@ -30,7 +31,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     try:
         return _run(cfg)
     except Exception as error:
-        if int(os.environ.get("RANK", "0")) == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        if not is_worker_process():
             write_json_atomic(
                 Path(cfg.paths.output_dir) / RESULTS_FILE,
                 {**_run_identity(cfg), "status": "failed", "error": f"{type(error).__name__}: {error}",
@@ -57,18 +58,20 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resume_checkpoint(cfg)
 
     module_class = get_class(cfg.module._target_)
+    check_teacher_source(cfg.method, module_class.teacher_role, cfg.teacher.ckpt_path)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset.datamodule)
     student = instantiate(cfg.model.student)
     teacher_model = instantiate(cfg.model.teacher) if module_class.teacher_role else None
-    module_class.check_models(datamodule, cfg.dataset, student, teacher_model)
+    objective = instantiate(cfg.objective)
+    module_class.check_models(datamodule, cfg.dataset, student, teacher_model, objective)
 
     teacher = load_teacher(cfg, datamodule, teacher_model) if module_class.teacher_role == "frozen" else None
     L.seed_everything(cfg.seed, workers=True)  # training repeats exactly, teacher trained now or cached
     module = instantiate(
         cfg.module,
         model=student,
-        objective=instantiate(cfg.objective),
+        objective=objective,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.scheduler else None,
         num_classes=cfg.dataset.num_classes,

@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from kdlab.distributed import is_worker_process
 from kdlab.fingerprint import fingerprint
 from kdlab.loggers import dir_run_id, finish_wandb_run
 from kdlab.modules import TeacherModule
@@ -67,7 +68,7 @@ def load_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, model: nn.M
     key = fingerprint(config)
     entry = Path(cfg.paths.teacher_dir) / key
     weights = entry / WEIGHTS_FILE
-    if _is_ddp_worker():
+    if is_worker_process():
         # A DDP worker process started by rank 0 while rank 0 holds the lock: it must take
         # part in the teacher's training rather than wait for it (rank 0 alone writes the cache).
         return _cached_or_trained(cfg, datamodule, model, key, entry, write=False)
@@ -143,9 +144,3 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if "state_dict" in state:  # a Lightning checkpoint: the trained model sits under `model.`
         state = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
     return state
-
-
-def _is_ddp_worker() -> bool:
-    """True in the non-zero-rank processes of a multi-process run (Lightning, torchrun, SLURM)."""
-    # srun starts every task of a multi-task SLURM job itself (hardware=slurm): only SLURM_PROCID tells the rank then.
-    return any(int(os.environ.get(name, "0")) > 0 for name in ("LOCAL_RANK", "RANK", "SLURM_PROCID"))

@@ -3,6 +3,8 @@ mathematics of a loss (that is the objective's) or of a divergence (that is `kdl
 
 from kdlab.modules.base import NonFiniteLossError
 from kdlab.modules.distill import DistillModule
+from kdlab.modules.online import OnlineDistillModule
+from kdlab.modules.policy import PolicyModule
 from kdlab.modules.teacher import TeacherModule
 
-__all__ = ["DistillModule", "NonFiniteLossError", "TeacherModule"]
+__all__ = ["DistillModule", "NonFiniteLossError", "OnlineDistillModule", "PolicyModule", "TeacherModule"]

@@ -9,8 +9,9 @@ from torch import nn
 
 from omegaconf import DictConfig
 
-from kdlab.checks import check_label_spaces
+from kdlab.checks import check_features, check_label_spaces
 from kdlab.metrics import ClassificationPanel
+from kdlab.objectives.progress import Progress
 
 Objective = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -24,7 +25,19 @@ class ClassifierModule(L.LightningModule):
 
     Subclasses implement `model_outputs(batch) -> {"logits": [B, C], ...}`. The objective turns
     outputs into `(loss, logs)`; its own parameters (auxiliary heads, projectors) are trained with
-    the model's. `optimizer` and `scheduler` are partials (Hydra `_partial_: true`) that take the
+    the model's.
+
+    What an objective may ask for beyond logits (the whole mechanism; nothing else is passed):
+    - `needs_features: ClassVar[bool]` on the objective: every model is called with
+      `return_features=True`, and outputs gain `"features"` (and `"teacher_features"`), the dict
+      `{"penultimate": [B, d], "stages": [...]}` of kdlab vision models;
+    - `outputs["progress"]`: a `Progress(epoch, max_epochs)` in every training step (warm-ups, schedules);
+    - `objective.prepare(module)`, if defined: called once when fitting starts, before the optimiser
+      is built and before a checkpoint is restored, to size layers and buffers from the models and
+      the data (`module.model`, `module.teacher`, `module.num_classes`, `module.trainer.datamodule`,
+      `module.example_features(model)`) and to compute statistics (e.g. ND's teacher class means).
+
+    `optimizer` and `scheduler` are partials (Hydra `_partial_: true`) that take the
     parameters / the optimizer. Logged: `train/loss`, `train/<term>` per objective term,
     `<split>/<metric>` per evaluation metric.
 
@@ -43,12 +56,39 @@ class ClassifierModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.objective = objective
+        self.num_classes = num_classes
+        self.objective_prepared = False
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.metrics = nn.ModuleDict({split: ClassificationPanel(num_classes) for split in ("val", "test")})
 
-    def model_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def model_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         raise NotImplementedError
+
+    def run_model(self, model: nn.Module, inputs: torch.Tensor, prefix: str = "") -> dict[str, Any]:
+        """`{prefix + "logits": [B, C]}`, plus `prefix + "features"` when the objective needs features."""
+        if not getattr(self.objective, "needs_features", False):
+            return {f"{prefix}logits": model(inputs)}
+        logits, features = model(inputs, return_features=True)
+        return {f"{prefix}logits": logits, f"{prefix}features": features}
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and hasattr(self.objective, "prepare") and not self.objective_prepared:
+            self.objective.prepare(self)
+            self.objective_prepared = True  # a second `fit` of this module keeps what was learned
+
+    def example_features(self, model: nn.Module) -> dict[str, Any]:
+        """`model`'s feature dict on two training inputs (eval mode, no grad), for sizing layers in
+        `prepare`. The draw does not disturb the random state that training then uses."""
+        datamodule = self.trainer.datamodule
+        with torch.random.fork_rng(devices=[]):
+            inputs = next(iter(datamodule.train_dataloader()))["input"][:2]
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            _, features = model(inputs.to(next(model.parameters()).device), return_features=True)
+        model.train(was_training)
+        return features
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """The trained model's parameters and the objective's (e.g. an auxiliary head)."""
@@ -57,10 +97,17 @@ class ClassifierModule(L.LightningModule):
 
     @classmethod
     def check_models(
-        cls, datamodule: L.LightningDataModule, dataset: DictConfig, student: nn.Module, teacher: nn.Module | None
+        cls,
+        datamodule: L.LightningDataModule,
+        dataset: DictConfig,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        objective: nn.Module | None = None,
     ) -> None:
-        """Fail before any training when the models do not fit the data or each other."""
+        """Fail before any training when the models do not fit the data, each other or the objective."""
         check_label_spaces(datamodule, dataset.num_classes, student, teacher)
+        if getattr(objective, "needs_features", False):
+            check_features(type(objective).__name__, student, teacher)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.trainable_parameters())
@@ -69,7 +116,8 @@ class ClassifierModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, logs = self.objective(self.model_outputs(batch), batch)
+        outputs = self.model_outputs(batch) | {"progress": Progress(self.current_epoch, self.trainer.max_epochs)}
+        loss, logs = self.objective(outputs, batch)
         self.check_finite(loss, logs)
         batch_size = len(batch["label"])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)

@@ -1,5 +1,7 @@
 """Offline distillation: a frozen teacher guides a student."""
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -29,7 +31,7 @@ class DistillModule(ClassifierModule):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model(inputs)
 
-    def model_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def model_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         with torch.no_grad():
-            teacher_logits = self.teacher(batch["input"])
-        return {"logits": self.model(batch["input"]), "teacher_logits": teacher_logits}
+            teacher = self.run_model(self.teacher, batch["input"], prefix="teacher_")
+        return self.run_model(self.model, batch["input"]) | teacher

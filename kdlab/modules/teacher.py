@@ -1,4 +1,6 @@
-"""Supervised training of one model: teachers, and the `scratch` student baseline."""
+"""Supervised training of one model: teachers, the `scratch` student baseline, self-distillation."""
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -7,7 +9,8 @@ from kdlab.modules.base import ClassifierModule
 
 
 class TeacherModule(ClassifierModule):
-    """Trains `model` alone with `objective` (cross-entropy for teachers and `scratch`)."""
+    """Trains `model` alone with `objective`: cross-entropy for teachers and `scratch`, a
+    self-distillation objective (USKD, PS-KD) that needs no teacher."""
 
     def __init__(self, model: nn.Module, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -16,5 +19,5 @@ class TeacherModule(ClassifierModule):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model(inputs)
 
-    def model_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"logits": self.model(batch["input"])}
+    def model_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return self.run_model(self.model, batch["input"])
