@@ -1,11 +1,12 @@
 """scikit-learn's bundled handwritten digits: 1,797 8x8 images, 10 classes, no download."""
 
-import lightning as L
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from kdlab.data.splits import SplitDataModule
 
 
 class IndexedTensorDataset(Dataset):
@@ -26,7 +27,7 @@ class IndexedTensorDataset(Dataset):
         return {"input": self.inputs[index], "label": self.labels[index], "index": torch.tensor(index)}
 
 
-class DigitsDataModule(L.LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     """Stratified train/val/test split of the digits, pixels scaled to [0, 1] and standardised.
 
     The split depends only on `split_seed`, so teachers and students of every run see the same
@@ -44,16 +45,14 @@ class DigitsDataModule(L.LightningDataModule):
         split_seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
             raise ValueError(
                 f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in (0, 1) and sum to < 1"
             )
-        self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed
-        self.num_workers = num_workers
         self.splits: dict[str, IndexedTensorDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -84,20 +83,5 @@ class DigitsDataModule(L.LightningDataModule):
             "test": to_dataset(test_x, test_y),
         }
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def split_dataset(self, split: str) -> IndexedTensorDataset:
+        return self.splits[split]

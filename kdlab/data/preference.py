@@ -20,9 +20,9 @@ tokens, the response then cut to fit `max_length`.
 import logging
 from collections.abc import Mapping
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader
+
+from kdlab.data.splits import SplitDataModule
 
 IGNORE_INDEX = -100
 HH_ASSISTANT = "\n\nAssistant:"
@@ -50,7 +50,7 @@ def parse_pair(row: Mapping[str, str], layout: str, columns: Mapping[str, str]) 
     return prompt, chosen, rejected
 
 
-class PreferenceDataModule(L.LightningDataModule):
+class PreferenceDataModule(SplitDataModule):
     """Preference data for `PolicyModule` (see the module docstring for layouts, bad pairs and batches).
 
     `splits` maps kdlab's `train`/`val`/`test` to the dataset's split names; a `val` of None is carved
@@ -76,7 +76,7 @@ class PreferenceDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if on_bad_pair not in ("error", "skip"):
@@ -88,7 +88,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.columns = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"} | dict(columns or {})
         self.splits = {"train": "train", "val": None, "test": "test"} | dict(splits or {})
         self.val_fraction, self.max_prompt_length, self.max_length = val_fraction, max_prompt_length, max_length
-        self.batch_size, self.on_bad_pair, self.num_workers, self.seed = batch_size, on_bad_pair, num_workers, seed
+        self.on_bad_pair, self.seed = on_bad_pair, seed
         self.tokenizer = None
         self.pairs: dict[str, list[dict[str, list[int]]]] = {}
         self.skipped: dict[str, int] = {}
@@ -176,18 +176,8 @@ class PreferenceDataModule(L.LightningDataModule):
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
                 "index": torch.tensor([index for index, _ in items])}
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(list(enumerate(self.pairs[split])), batch_size=self.batch_size, shuffle=shuffle,
-                          collate_fn=self.collate, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def split_dataset(self, split: str) -> list[tuple[int, dict[str, list[int]]]]:
+        return list(enumerate(self.pairs[split]))
 
     def eval_prompts(self, split: str, n: int) -> dict[str, torch.Tensor]:
         prompts = [self.pairs[split][i % len(self.pairs[split])]["prompt"] for i in range(n)]

@@ -9,10 +9,10 @@ of a sweep sees the same reference and the same pairs.
 
 import logging
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from kdlab.data.splits import SplitDataModule
 from kdlab.models.generation import sample_responses
 from kdlab.synthetic.reference import prompt_and_response, sft_policy
 from kdlab.synthetic.task import KnownRewardTask
@@ -34,7 +34,7 @@ class PairDataset(Dataset):
         return index, self.chosen[index], self.rejected[index]
 
 
-class SyntheticPreferenceDataModule(L.LightningDataModule):
+class SyntheticPreferenceDataModule(SplitDataModule):
     """Known-reward preference pairs in `kdlab.data.preference`'s batch layout.
 
     Batches: `input_ids, attention_mask, labels [2B, 1+T]` (B chosen rows, then B rejected; the
@@ -55,13 +55,13 @@ class SyntheticPreferenceDataModule(L.LightningDataModule):
         on_bad_pair: str = "skip",
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         if on_bad_pair not in ("error", "skip"):
             raise ValueError(f"on_bad_pair must be 'error' or 'skip', got {on_bad_pair!r}")
         if set(pairs) != set(SPLITS) or min(pairs.values()) < 1:
             raise ValueError(f"pairs needs a positive count for each of {SPLITS}, got {dict(pairs)}")
         self.task, self.sft, self.pairs = task, sft, dict(pairs)
-        self.batch_size, self.cache_dir, self.on_bad_pair, self.num_workers = batch_size, cache_dir, on_bad_pair, num_workers
+        self.cache_dir, self.on_bad_pair = cache_dir, on_bad_pair
         self.datasets: dict[str, PairDataset] = {}
         self.skipped = 0
 
@@ -103,18 +103,8 @@ class SyntheticPreferenceDataModule(L.LightningDataModule):
         indices, chosen, rejected = zip(*items)
         return prompt_and_response(self.task, torch.stack([*chosen, *rejected])) | {"index": torch.tensor(indices)}
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, collate_fn=self.collate,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def split_dataset(self, split: str) -> "PairDataset":
+        return self.datasets[split]
 
     def eval_prompts(self, split: str, n: int) -> dict[str, torch.Tensor]:
         prompts = torch.full((n, 1), self.task.bos)

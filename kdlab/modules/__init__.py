@@ -1,6 +1,8 @@
 """LightningModules, one per training regime. They own optimisation and logging, never the
 mathematics of a loss (that is the objective's) or of a divergence (that is `kdlab.divergences`')."""
 
+import warnings
+
 from kdlab.modules.base import NonFiniteLossError
 from kdlab.modules.distill import DistillModule
 from kdlab.modules.online import OnlineDistillModule
@@ -8,3 +10,7 @@ from kdlab.modules.policy import PolicyModule
 from kdlab.modules.teacher import TeacherModule
 
 __all__ = ["DistillModule", "NonFiniteLossError", "OnlineDistillModule", "PolicyModule", "TeacherModule"]
+
+# Frozen teachers and references stay in eval mode on purpose; Lightning warns about every module
+# in eval mode when fitting starts.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
