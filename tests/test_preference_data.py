@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from conftest import kdlab
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from kdlab.data.preference import PreferenceDataModule, parse_pair
@@ -110,3 +111,21 @@ def test_dpo_trains_on_the_files_and_samples_until_eos(tmp_path: Path, tokenizer
     trainer.fit(module, datamodule=data)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert 1 <= trainer.callback_metrics["val/length"] <= 5 and "val/kl_ref" in trainer.callback_metrics
+
+
+def test_dpo_from_the_command_line_on_a_saved_policy_and_jsonl_files(tmp_path: Path, tokenizer_dir: str) -> None:
+    """The user's path: `model=hf_policy` loads a policy with `from_pretrained` from a local directory."""
+    files = {split: write_jsonl(tmp_path / f"{split}.jsonl", ROWS) for split in ("train", "test")}
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+    policy_dir = tmp_path / "policy"
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=16, n_layer=1, n_head=2,
+                               bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)).save_pretrained(policy_dir)
+    outputs = tmp_path / "outputs"
+    kdlab("train", "+method=dpo", "dataset=preferences_jsonl", "model=hf_policy", "logger=none",
+          f"model.student.pretrained_model_name_or_path={policy_dir}", f"dataset.datamodule.tokenizer={tokenizer_dir}",
+          f"dataset.datamodule.data_files={{train:'{files['train']}',test:'{files['test']}'}}",
+          "dataset.batch_size=2", "dataset.datamodule.max_prompt_length=16", "dataset.datamodule.max_length=32",
+          "trainer.max_steps=2", "+module.samples=4", "+module.max_new_tokens=4", outputs=outputs)
+    (results,) = [json.loads(p.read_text()) for p in outputs.rglob("results.json")]
+    assert results["status"] == "completed" and results["method"] == "dpo"
+    assert 0.0 <= results["metrics"]["test/accuracy"] <= 1.0
