@@ -21,6 +21,7 @@ from kdlab.objectives import HintonKD
 from kdlab.run import run
 
 EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("cifar*.yaml"))
+UNPUBLISHED = {"nkd", "bdkd"}  # methods with no verified CIFAR-100 number to reach
 # Two steps of batch 8, one evaluation batch; the teacher gets the same (trainer.limit_* apply to it too).
 TWO_STEPS = [
     "logger=none", "dataset.batch_size=8", "dataset.datamodule.num_workers=0", "dataset.datamodule.download=false",
@@ -43,14 +44,20 @@ def test_cifar_presets_run_two_steps(experiment: str, module_cifar_root: Path, l
         tmp_path,
     )
     assert cfg.trainer.max_epochs == 1 and cfg.dataset.name == "cifar100"
-    assert set(cfg.published) == {"metric", "value", "teacher_value", "source"} and 0.6 < cfg.published.value < 0.8
+    if experiment.split("_")[1] in UNPUBLISHED:
+        assert cfg.published is None
+    else:
+        assert set(cfg.published) == {"metric", "value", "teacher_value", "source"} and 0.6 < cfg.published.value < 0.8
     run(cfg)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["status"] == "completed" and results["method"] == experiment.split("_")[1]
     for name in ("acc", "top5", "ece", "teacher_acc", "teacher_ece", "agreement", "kl", "rkl", "js", "tvd"):
         assert math.isfinite(results["metrics"][f"test/{name}"]) and results["metrics"][f"test/{name}"] > -1e-6, name
-    assert results["teacher"]["source"] in {"trained", "cache"} and "acc" in results["teacher"]["metrics"]
-    assert results["config"]["published"] == dict(cfg.published)
+    if cfg.module._target_.endswith("OnlineDistillModule"):
+        assert results["teacher"] is None  # trained alongside the student, not taken from the cache
+    else:
+        assert results["teacher"]["source"] in {"trained", "cache"} and "acc" in results["teacher"]["metrics"]
+    assert results["config"]["published"] == (None if cfg.published is None else dict(cfg.published))
 
 
 def test_the_recipe_replaces_the_default_optimisation(tmp_path: Path) -> None:
