@@ -1,6 +1,7 @@
 """Checks that run before training, so that a mismatched setup fails in seconds, not hours."""
 
 import inspect
+from collections.abc import Mapping
 
 import lightning as L
 import torch
@@ -16,7 +17,7 @@ def check_label_spaces(
     logits each produces.
     """
     datamodule.setup("fit")
-    inputs = next(iter(datamodule.train_dataloader()))["input"][:2]
+    inputs = first_rows(next(iter(datamodule.train_dataloader()))["input"], 2)
     widths = {"student": _logit_width(student, inputs)}
     if teacher is not None:
         widths["teacher"] = _logit_width(teacher, inputs)
@@ -29,7 +30,14 @@ def check_label_spaces(
         )
 
 
-def _logit_width(model: nn.Module, inputs: torch.Tensor) -> int:
+def first_rows(inputs: torch.Tensor | Mapping[str, torch.Tensor], n: int) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The first n rows of a batch's inputs: a tensor, or a dict of tensors (tokenised text)."""
+    if isinstance(inputs, Mapping):
+        return {key: value[:n] for key, value in inputs.items()}
+    return inputs[:n]
+
+
+def _logit_width(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor]) -> int:
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -59,7 +67,8 @@ def check_teacher_source(method: str, teacher_role: str | None, ckpt_path: str |
     with no teacher (scratch, self-distillation such as uskd and pskd) and online methods, whose
     teacher is trained from scratch alongside the student (bdkd)."""
     if ckpt_path and teacher_role != "frozen":
-        kind = "trains its teacher from scratch with the student" if teacher_role == "online" else "uses no teacher"
+        kind = {"online": "trains its teacher from scratch with the student",
+                "pretrained": "uses the pretrained teacher model.teacher as given (set model.teacher.name_or_path)"}.get(teacher_role, "uses no teacher")
         raise ValueError(
             f"teacher.ckpt_path={ckpt_path} was given, but method {method} {kind}; "
             "drop teacher.ckpt_path or pick a method that distils from a trained teacher (e.g. +method=kd)."

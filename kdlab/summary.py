@@ -16,6 +16,13 @@ _ROWS = (
     ("test/reward", "true reward of policy samples (test)", "{:.4f}"),
     ("test/kl_ref", "KL(policy || reference) of samples (test)", "{:.4f}"),
     ("test/entropy", "entropy of policy samples (test, nats)", "{:.3f}"),
+    ("test/teacher_ppl", "teacher perplexity (test responses)", "{:.3f}"),
+    ("test/ppl", "student perplexity (test responses)", "{:.3f}"),
+    ("test/fkl", "token KL(teacher || student), test mean", "{:.4f}"),
+    ("test/rougeL", "ROUGE-L of student samples (test)", "{:.4f}"),
+    ("test/proxy_fkl", "sequence KL(teacher || student), test prompts", "{:.4f}"),
+    ("test/golden_fkl", "sequence KL(oracle || student), test prompts", "{:.4f}"),
+    ("test/teacher_golden_fkl", "sequence KL(oracle || teacher), test prompts", "{:.4f}"),
 )
 
 

@@ -1,9 +1,13 @@
-"""LightningDataModules, one per dataset family. Batches are dicts: `input`, `label`, `index`."""
+"""LightningDataModules, one per dataset family. Classification batches are dicts `input`, `label`,
+`index`; language-model batches follow `kdlab.data.text` (`input_ids`, `attention_mask`, `labels`, ...)."""
 
 from kdlab.data.cifar import CIFARDataModule
 from kdlab.data.digits import DigitsDataModule
+from kdlab.data.glue import GLUEDataModule
+from kdlab.data.instructions import InstructionDataModule
 from kdlab.data.on_device import DeviceBatches
+from kdlab.data.oracle import OracleDataModule
 from kdlab.data.preference import PreferenceDataModule
 from kdlab.data.synthetic_preferences import SyntheticPreferenceDataModule
 
-__all__ = ["CIFARDataModule", "DeviceBatches", "DigitsDataModule", "PreferenceDataModule", "SyntheticPreferenceDataModule"]
+__all__ = ["CIFARDataModule", "DeviceBatches", "DigitsDataModule", "GLUEDataModule", "InstructionDataModule", "OracleDataModule", "PreferenceDataModule", "SyntheticPreferenceDataModule"]

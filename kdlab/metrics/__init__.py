@@ -2,5 +2,6 @@
 
 from kdlab.metrics.alignment import PreferencePanel
 from kdlab.metrics.classification import ClassificationPanel
+from kdlab.metrics.lm import TokenPanel
 
-__all__ = ["ClassificationPanel", "PreferencePanel"]
+__all__ = ["ClassificationPanel", "PreferencePanel", "TokenPanel"]

@@ -15,8 +15,9 @@ def sample_responses(
     max_new_tokens: int,
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """Ancestral samples `y ~ π(·|x)` at temperature 1 (no top-k/top-p truncation, so the samples
+    """Ancestral samples `y ~ π(·|x)` at `temperature` (1: no top-k/top-p truncation, so the samples
     follow the model's own distribution, as unbiased KL estimates need), one per prompt row.
 
     Prompts are left-padded `[N, P]` with `prompt_mask` 1 on real tokens. Generation stops at
@@ -29,7 +30,7 @@ def sample_responses(
     if eos_token_id is not None and pad_token_id is None:
         raise ValueError("sampling responses that can end at eos_token_id needs a pad_token_id for the rows that end early")
     config = GenerationConfig(
-        do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+        do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
         eos_token_id=eos_token_id, pad_token_id=pad_token_id,
     )
     sequences = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)

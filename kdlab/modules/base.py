@@ -20,7 +20,44 @@ class NonFiniteLossError(RuntimeError):
     """A training loss became NaN or inf; the message names the step and the offending terms."""
 
 
-class ClassifierModule(L.LightningModule):
+class TrainingModule(L.LightningModule):
+    """What every kdlab regime shares: the optimiser (and scheduler) built from Hydra partials over
+    `trainable_parameters()`, and the finite-loss guard. `teacher_role` tells `kdlab.run` what the
+    regime needs: None (no teacher), "frozen" (a trained teacher from the cache, never updated),
+    "online" (a fresh teacher trained alongside) or "pretrained" (the teacher model as built from
+    its config — a pretrained LM — frozen, never trained by the cache)."""
+
+    teacher_role: ClassVar[str | None] = None
+
+    def __init__(self, optimizer: Callable[..., torch.optim.Optimizer], scheduler: Callable[..., Any] | None = None) -> None:
+        super().__init__()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """The trained model's parameters and the objective's (e.g. an auxiliary head)."""
+        yield from self.model.parameters()
+        yield from self.objective.parameters()
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.trainable_parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+
+    def check_finite(self, loss: torch.Tensor, logs: dict[str, torch.Tensor]) -> None:
+        """Stop the run when the loss is NaN/inf, saying at which step and which term caused it."""
+        if torch.isfinite(loss).all():
+            return
+        bad_terms = {name: value.item() for name, value in logs.items() if not torch.isfinite(value).all()}
+        cause = ", ".join(f"{name}={value}" for name, value in bad_terms.items()) or "no single term"
+        raise NonFiniteLossError(
+            f"non-finite training loss {loss.item()} at global step {self.global_step} "
+            f"(epoch {self.current_epoch}); non-finite terms: {cause}"
+        )
+
+
+class ClassifierModule(TrainingModule):
     """Base of the classification regimes.
 
     Subclasses implement `model_outputs(batch) -> {"logits": [B, C], ...}`. The objective turns
@@ -39,13 +76,9 @@ class ClassifierModule(L.LightningModule):
 
     `optimizer` and `scheduler` are partials (Hydra `_partial_: true`) that take the
     parameters / the optimizer. Logged: `train/loss`, `train/<term>` per objective term,
-    `<split>/<metric>` per evaluation metric.
-
-    `teacher_role` tells `kdlab.run` what the regime needs: None (no teacher), "frozen" (a trained
-    teacher from the cache, never updated) or "online" (a fresh teacher trained alongside).
+    `<split>/<metric>` per evaluation metric; a datamodule with `task_metrics()` (GLUE: F1, Matthews
+    correlation) adds its metrics of the predicted classes, logged the same way.
     """
-
-    teacher_role: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -54,13 +87,12 @@ class ClassifierModule(L.LightningModule):
         num_classes: int,
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, scheduler)
         self.objective = objective
         self.num_classes = num_classes
         self.objective_prepared = False
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.metrics = nn.ModuleDict({split: ClassificationPanel(num_classes) for split in ("val", "test")})
+        self.task_metrics = nn.ModuleDict()
 
     def model_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         raise NotImplementedError
@@ -73,6 +105,9 @@ class ClassifierModule(L.LightningModule):
         return {f"{prefix}logits": logits, f"{prefix}features": features}
 
     def setup(self, stage: str) -> None:
+        task_metrics = getattr(self.trainer.datamodule, "task_metrics", None)
+        if task_metrics is not None and not self.task_metrics:
+            self.task_metrics = nn.ModuleDict({split: nn.ModuleDict(task_metrics()) for split in ("val", "test")})
         if stage == "fit" and hasattr(self.objective, "prepare") and not self.objective_prepared:
             self.objective.prepare(self)
             self.objective_prepared = True  # a second `fit` of this module keeps what was learned
@@ -90,11 +125,6 @@ class ClassifierModule(L.LightningModule):
         model.train(was_training)
         return features
 
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """The trained model's parameters and the objective's (e.g. an auxiliary head)."""
-        yield from self.model.parameters()
-        yield from self.objective.parameters()
-
     @classmethod
     def check_models(
         cls,
@@ -109,12 +139,6 @@ class ClassifierModule(L.LightningModule):
         if getattr(objective, "needs_features", False):
             check_features(type(objective).__name__, student, teacher)
 
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.trainable_parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
-
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         outputs = self.model_outputs(batch) | {"progress": Progress(self.current_epoch, self.trainer.max_epochs)}
         loss, logs = self.objective(outputs, batch)
@@ -123,17 +147,6 @@ class ClassifierModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log_dict({f"train/{name}": value for name, value in logs.items()}, batch_size=batch_size)
         return loss
-
-    def check_finite(self, loss: torch.Tensor, logs: dict[str, torch.Tensor]) -> None:
-        """Stop the run when the loss is NaN/inf, saying at which step and which term caused it."""
-        if torch.isfinite(loss).all():
-            return
-        bad_terms = {name: value.item() for name, value in logs.items() if not torch.isfinite(value).all()}
-        cause = ", ".join(f"{name}={value}" for name, value in bad_terms.items()) or "no single term"
-        raise NonFiniteLossError(
-            f"non-finite training loss {loss.item()} at global step {self.global_step} "
-            f"(epoch {self.current_epoch}); non-finite terms: {cause}"
-        )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._update_metrics("val", batch)
@@ -144,6 +157,8 @@ class ClassifierModule(L.LightningModule):
     def _update_metrics(self, split: str, batch: dict[str, torch.Tensor]) -> None:
         outputs = self.model_outputs(batch)
         self.metrics[split].update(outputs["logits"], batch["label"], outputs.get("teacher_logits"))
+        for metric in self.task_metrics[split].values() if self.task_metrics else ():
+            metric.update(outputs["logits"].argmax(dim=-1), batch["label"])
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
@@ -153,5 +168,9 @@ class ClassifierModule(L.LightningModule):
 
     def _log_metrics(self, split: str) -> None:
         values = self.metrics[split].compute()
+        if self.task_metrics:
+            values |= {name: metric.compute() for name, metric in self.task_metrics[split].items()}
+            for metric in self.task_metrics[split].values():
+                metric.reset()
         self.log_dict({f"{split}/{name}": value for name, value in values.items()}, prog_bar=split == "val")
         self.metrics[split].reset()

@@ -12,6 +12,7 @@ from torch import nn
 
 from kdlab.metrics.alignment import PreferencePanel, sample_metrics
 from kdlab.models.generation import sample_responses
+from kdlab.models.hf import lm_forward
 from kdlab.modules.base import NonFiniteLossError
 from kdlab.objectives.preference import SFT, PreferenceObjective, token_logps
 
@@ -122,7 +123,7 @@ class PolicyModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return lm_forward(self.model, input_ids, attention_mask)
 
     def model_outputs(self, batch: dict[str, torch.Tensor], split: str) -> dict[str, torch.Tensor]:
         """`logits [2B, L, V]` of the policy, and what the objective needs of the reference:
@@ -132,7 +133,7 @@ class PolicyModule(L.LightningModule):
             return outputs
         if self.objective.needs_reference_logits:
             with torch.no_grad():
-                outputs["ref_logits"] = self.reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                outputs["ref_logits"] = lm_forward(self.reference, batch["input_ids"], batch["attention_mask"])
             return outputs
         outputs["ref_logps"] = self.reference_logps(batch, split)
         return outputs
@@ -144,7 +145,7 @@ class PolicyModule(L.LightningModule):
         if self.cache_reference and all(index in cache for index in indices):
             pairs = torch.stack([cache[index] for index in indices])  # [B, 2]: chosen, rejected
             return torch.cat([pairs[:, 0], pairs[:, 1]]).to(self.device)
-        logits = self.reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = lm_forward(self.reference, batch["input_ids"], batch["attention_mask"])
         logps = token_logps(logits, batch["labels"])[0].sum(-1)
         if self.cache_reference:
             chosen, rejected = logps.chunk(2)
@@ -223,7 +224,7 @@ class PolicyModule(L.LightningModule):
         policy_logps, mask = token_logps(self(sequences["input_ids"], sequences["attention_mask"]), sequences["labels"])
         responses = [row[row_mask].tolist() for row, row_mask in zip(sequences["labels"][:, 1:], mask)]
         if self.reference is not None:
-            ref_logits = self.reference(input_ids=sequences["input_ids"], attention_mask=sequences["attention_mask"]).logits
+            ref_logits = lm_forward(self.reference, sequences["input_ids"], sequences["attention_mask"])
             ref_logps = token_logps(ref_logits, sequences["labels"])[0]
             values = sample_metrics(policy_logps, ref_logps, mask, responses)
         else:

@@ -20,6 +20,7 @@ from kdlab.objectives.preference import DPO, IPO, SFT, PreferenceObjective
 from kdlab.objectives.pskd import PSKD
 from kdlab.objectives.sinkd import SinKD
 from kdlab.objectives.tdpo import TDPO
+from kdlab.objectives.token_kd import TokenKD
 from kdlab.objectives.uskd import USKD
 
-__all__ = ["BDKD", "DHKD", "DKD", "DPO", "IPO", "ND", "NKD", "PSKD", "SFT", "TDPO", "USKD", "PreferenceObjective", "CrossEntropy", "HintonKD", "Progress", "SinKD"]
+__all__ = ["BDKD", "DHKD", "DKD", "DPO", "IPO", "ND", "NKD", "PSKD", "SFT", "TDPO", "USKD", "PreferenceObjective", "CrossEntropy", "HintonKD", "Progress", "SinKD", "TokenKD"]

@@ -1,0 +1,276 @@
+"""Distillation of causal language models: a frozen pretrained teacher LM guides a student LM."""
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig
+from torch import nn
+
+from kdlab.metrics.lm import IGNORE_INDEX, TokenPanel, rouge_l, sequence_kl
+from kdlab.models.generation import sample_responses
+from kdlab.models.hf import check_fusable, check_same_vocabulary, lm_forward, lm_hidden, load_tokenizer, output_rows
+from kdlab.modules.base import TrainingModule
+from kdlab.modules.lm_sources import DatasetResponses
+from kdlab.objectives.token_kd import TokenKD
+
+STUDENT_DIR = "student"
+SEQUENCE_DIVERGENCES = ("fkl", "rkl")
+
+
+class LMDistillModule(TrainingModule):
+    """Trains `model` (the student causal LM) on `objective(outputs, batch)` — token-level KD
+    (`kdlab.objectives.TokenKD`) — against `teacher`, a pretrained causal LM used as given: eval
+    mode, `requires_grad=False`, run under `torch.no_grad`, never optimised, left out of checkpoints.
+
+    Batches (`kdlab.data.text` layout): `input_ids, attention_mask, labels [B, L]` (labels -100 on
+    prompt and padding), `prompt_ids, prompt_mask [B, P]` (left-padded prompts) and `index [B]`.
+    Each training step, `source` (`kdlab.modules.lm_sources`; default: the dataset's responses)
+    may replace the responses by samples of the student (GKD, DistiLLM) or the teacher (SeqKD).
+    Logits are cut to the data tokenizer's vocabulary (a teacher whose vocabulary is padded beyond
+    the tokenizer has extra rows; they are dropped, METHODS §7.0). With `objective.fused` the module
+    hands the objective final hidden states and LM heads instead of logits.
+
+    Logged: `train/loss`, the objective's terms, the source's (`generated`, `sgo_threshold`); per
+    validation/test epoch `<split>/loss` and `kdlab.metrics.lm.TokenPanel` on the dataset's
+    responses (`nll`, `ppl`, `teacher_nll`, `teacher_ppl`, `fkl`, `rkl`, `tvd`; `oracle_*` when the
+    datamodule has an `oracle`); with `sequence_samples > 0`, sequence-level KLs on that many held-out
+    prompts: `proxy_fkl` = KL_seq(teacher ‖ student), `proxy_rkl` = KL_seq(student ‖ teacher) and,
+    with an oracle, `golden_fkl`, `golden_rkl` (the teacher-hacking curves, METHODS §7.9) and the
+    teacher's own `teacher_golden_fkl` = KL_seq(oracle ‖ teacher), `teacher_golden_rkl`; at test,
+    with `generation_samples > 0` and a datamodule with `references`, `test/rougeL` (ROUGE-L F1 of
+    student samples at T=1 against the references), and a W&B table of samples.
+    After fitting, the student is saved with `save_pretrained` (and the tokenizer) in `<run dir>/student`.
+    """
+
+    teacher_role: ClassVar[str | None] = "pretrained"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        teacher: nn.Module,
+        objective: TokenKD,
+        optimizer: Any,
+        scheduler: Any | None = None,
+        num_classes: int | None = None,
+        source: DatasetResponses | None = None,
+        sequence_samples: int = 0,
+        generation_samples: int = 0,
+        max_new_tokens: int = 128,
+        eval_chunk_size: int | None = 1024,
+    ) -> None:
+        super().__init__(optimizer, scheduler)
+        if num_classes is not None:
+            raise ValueError(f"LMDistillModule distils language models; the dataset has num_classes={num_classes}: pick a text dataset")
+        self.model = model
+        self.teacher = teacher.requires_grad_(False).eval()
+        self.objective = objective
+        self.source = source if source is not None else DatasetResponses()
+        self.sequence_samples, self.generation_samples, self.max_new_tokens = sequence_samples, generation_samples, max_new_tokens
+        self.panels = nn.ModuleDict({split: TokenPanel(eval_chunk_size) for split in ("val", "test")})
+        self.vocab_size: int | None = None
+        self.reference_samples: dict[tuple[str, str], dict[str, Any]] = {}  # per split: fixed teacher/oracle samples, the teacher's KLs
+        self.history: list[dict[str, float]] = []  # every evaluation: split, step and its metrics
+        self.strict_loading = False  # checkpoints leave the teacher out
+
+    # ---- set-up -------------------------------------------------------------------------------
+    @classmethod
+    def check_models(
+        cls, datamodule: L.LightningDataModule, dataset: DictConfig, student: nn.Module, teacher: nn.Module | None, objective: nn.Module | None = None
+    ) -> None:
+        """Fail before training unless the objective is token-level KD, both models are causal LMs
+        with an output for every token of the data's tokenizer, and the tokenizers saved with the
+        models (when they have one) equal the data's — the first differing token ids are named."""
+        if not isinstance(objective, TokenKD):
+            raise ValueError(f"LMDistillModule trains token-level objectives (TokenKD), got {type(objective).__name__}: "
+                             "pick +method=lmkd|gkd|distillm|seqkd")
+        models = {"student": student, "teacher": teacher}
+        for role, model in models.items():
+            if model is None or not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
+                raise ValueError(f"the {role} must be a Hugging Face causal LM, got {type(model).__name__}")
+            if objective.fused:
+                check_fusable(model, role)
+        if not hasattr(type(datamodule), "vocab_size"):
+            raise ValueError(f"LMDistillModule needs text data with a tokenizer (dataset=dolly|instructions_jsonl|oracle), got {type(datamodule).__name__}")
+        datamodule.setup("fit")
+        vocab = datamodule.vocab_size
+        for role, model in models.items():
+            if output_rows(model) < vocab:
+                raise ValueError(f"the data's tokenizer has {vocab} tokens but the {role} predicts {output_rows(model)}: "
+                                 "use the tokenizer the models were trained with")
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        if tokenizer is not None:
+            saved = {role: _saved_tokenizer(model) for role, model in models.items()}
+            check_same_vocabulary({"data": tokenizer} | {role: t for role, t in saved.items() if t is not None})
+
+    def setup(self, stage: str) -> None:
+        self.vocab_size = self.trainer.datamodule.vocab_size
+
+    def train(self, mode: bool = True) -> "LMDistillModule":
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def on_fit_start(self) -> None:
+        self.model.train()  # `from_pretrained` returns models in eval mode
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+
+    # ---- forward passes ------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return lm_forward(self.model, input_ids, attention_mask)[..., : self.vocab_size]
+
+    def model_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Logits `[B, L, V]` of student and teacher, or (fused objective) hidden states and heads."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        if self.objective.fused:
+            with torch.no_grad():
+                teacher_hidden = lm_hidden(self.teacher, ids, mask)
+            return {"hidden": lm_hidden(self.model, ids, mask), "head": self._head(self.model),
+                    "teacher_hidden": teacher_hidden, "teacher_head": self._head(self.teacher)}
+        with torch.no_grad():
+            teacher_logits = lm_forward(self.teacher, ids, mask)[..., : self.vocab_size]
+        return {"logits": self(ids, mask), "teacher_logits": teacher_logits}
+
+    def _head(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+        head = model.get_output_embeddings()
+        bias = head.bias[: self.vocab_size] if head.bias is not None else None
+        return head.weight[: self.vocab_size], bias
+
+    @torch.no_grad()
+    def generate(self, role: str, prompts: dict[str, torch.Tensor], temperature: float, max_new_tokens: int) -> dict[str, torch.Tensor]:
+        """Sample one response per prompt (`prompt_ids, prompt_mask`) from the "student", "teacher" or
+        "oracle" (the datamodule's); returns `input_ids, attention_mask, labels`."""
+        datamodule = self.trainer.datamodule
+        model = self.model if role == "student" else self.teacher if role == "teacher" else datamodule.oracle
+        was_training = model.training
+        model.eval()
+        sampled = sample_responses(model, prompts["prompt_ids"], prompts["prompt_mask"], max_new_tokens,
+                                   eos_token_id=datamodule.eos_token_id, pad_token_id=datamodule.pad_token_id, temperature=temperature)
+        model.train(was_training)
+        return {key: sampled[key] for key in ("input_ids", "attention_mask", "labels")}
+
+    # ---- training ------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        batch, source_logs = self.source.training_batch(self, batch)
+        loss, logs = self.objective(self.model_outputs(batch), batch)
+        self.check_finite(loss, logs)
+        size = len(batch["input_ids"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log_dict({f"train/{name}": value for name, value in (logs | source_logs).items()}, batch_size=size)
+        return loss
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate_batch(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate_batch(batch, "test")
+
+    def _evaluate_batch(self, batch: dict[str, torch.Tensor], split: str) -> None:
+        outputs = self.model_outputs(batch)
+        loss, _ = self.objective(outputs, batch)
+        self.log(f"{split}/loss", loss, batch_size=len(batch["input_ids"]), sync_dist=True)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        labels = batch["labels"][:, 1:]
+        scored = labels != IGNORE_INDEX
+        logits = outputs.get("logits", None)
+        if logits is None:  # fused objective: the panel needs logits (no gradient here)
+            logits, outputs["teacher_logits"] = self(ids, mask), lm_forward(self.teacher, ids, mask)[..., : self.vocab_size]
+        oracle = getattr(self.trainer.datamodule, "oracle", None)
+        oracle_logits = lm_forward(oracle, ids, mask)[:, :-1][scored][..., : self.vocab_size] if oracle is not None else None
+        self.panels[split].update(logits[:, :-1][scored], outputs["teacher_logits"][:, :-1][scored], labels[scored], oracle_logits)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def _log_epoch(self, split: str) -> None:
+        values = {name: float(value) for name, value in self.panels[split].compute().items()}
+        self.panels[split].reset()
+        if self.trainer.sanity_checking:
+            return
+        if split == "val" and "nll" in values:
+            self.source.observe_validation(values["nll"])
+        if self.sequence_samples > 0:
+            values |= self.sequence_metrics(split)
+        if split == "test" and self.generation_samples > 0 and hasattr(self.trainer.datamodule, "references"):
+            values |= self.generation_metrics(split)
+        self.history.append({"split": split, "step": self.global_step} | values)
+        self.log_dict({f"{split}/{name}": value for name, value in values.items()}, sync_dist=True, prog_bar=split == "val")
+
+    def _samples(self, role: str, split: str, seed: int) -> dict[str, torch.Tensor]:
+        """`sequence_samples` responses of `role` to the split's first prompts, at T=1, seeded."""
+        prompts = {k: v.to(self.device) for k, v in self.trainer.datamodule.eval_prompts(split, self.sequence_samples).items()}
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return self.generate(role, prompts, 1.0, self.max_new_tokens)
+
+    @torch.no_grad()
+    def sequence_metrics(self, split: str) -> dict[str, float]:
+        """Sequence-level KL of the student to the teacher (proxy) and to the oracle (golden), both
+        directions, and (constant) the teacher's own KL to the oracle, `teacher_golden_fkl/rkl`.
+
+        Teacher and oracle samples are drawn once per split (fixed seed) and reused, so the curves move
+        only with the student; student samples are redrawn at each evaluation with the same seed."""
+        oracle = getattr(self.trainer.datamodule, "oracle", None)
+        models = {"teacher": self.teacher} | ({"oracle": oracle} if oracle is not None else {})
+        for role in models:
+            if (role, split) not in self.reference_samples:
+                self.reference_samples[(role, split)] = self._samples(role, split, seed=0)
+        samples = {role: self.reference_samples[(role, split)] for role in models} | {"student": self._samples("student", split, seed=1)}
+        models["student"] = self.model
+
+        def kl(a: str, b: str) -> float:  # KL_seq(a ‖ b) on samples of a
+            return float(sequence_kl(samples[a], models[a], models[b], self.vocab_size))
+
+        values = {"proxy_fkl": kl("teacher", "student"), "proxy_rkl": kl("student", "teacher")}
+        if oracle is not None:
+            if (split, "teacher_golden") not in self.reference_samples:
+                self.reference_samples[(split, "teacher_golden")] = {"fkl": kl("oracle", "teacher"), "rkl": kl("teacher", "oracle")}
+            constants = self.reference_samples[(split, "teacher_golden")]
+            values |= {"golden_fkl": kl("oracle", "student"), "golden_rkl": kl("student", "oracle"),
+                       "teacher_golden_fkl": constants["fkl"], "teacher_golden_rkl": constants["rkl"]}
+        return values
+
+    @torch.no_grad()
+    def generation_metrics(self, split: str) -> dict[str, float]:
+        """ROUGE-L of student samples against the references, and the samples as a W&B table."""
+        datamodule = self.trainer.datamodule
+        prompts = datamodule.eval_prompts(split, self.generation_samples)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(0)
+            sampled = self.generate("student", {k: v.to(self.device) for k, v in prompts.items()}, 1.0, self.max_new_tokens)
+        responses = [datamodule.decode(row[row != IGNORE_INDEX].tolist()) for row in sampled["labels"]]
+        references = datamodule.references(split, self.generation_samples)
+        scores = [rouge_l(response, reference) for response, reference in zip(responses, references)]
+        table = [[datamodule.decode(p[m.bool()].tolist()), r, ref, s] for p, m, r, ref, s in
+                 zip(prompts["prompt_ids"], prompts["prompt_mask"], responses, references, scores)]
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_table(key=f"{split}/samples", columns=["prompt", "student", "reference", "rougeL"], data=table)
+        return {"rougeL": sum(scores) / len(scores)}
+
+    def on_fit_end(self) -> None:
+        if self.trainer.is_global_zero and hasattr(self.model, "save_pretrained"):
+            directory = Path(self.trainer.default_root_dir) / STUDENT_DIR
+            self.model.save_pretrained(directory)
+            tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(directory)
+
+
+def _saved_tokenizer(model: nn.Module):
+    """The tokenizer saved with a pretrained model, or None for a model built in code or saved without one."""
+    path = getattr(model, "name_or_path", "")
+    if not path:
+        return None
+    try:
+        return load_tokenizer(path)
+    except (OSError, ValueError):
+        return None

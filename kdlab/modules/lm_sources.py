@@ -1,0 +1,132 @@
+"""Where the responses of an LM distillation step come from (METHODS §7.0 `data_source`).
+
+A source turns the dataset batch of a training step into the batch the loss is taken on:
+
+- `DatasetResponses`: the dataset's responses (off-policy, supervised KD);
+- `SampledResponses(generator, probability)`: with probability λ the responses are sampled from the
+  student (GKD's on-policy mixing, Agarwal et al. 2024: λ=0.5, temperature 0.9) or from the teacher
+  (SeqKD, λ=1), without gradient, for the batch's prompts; otherwise the dataset's;
+- `AdaptiveStudentResponses`: DistiLLM's adaptive student-generated-output schedule with a replay
+  buffer (Ko et al. 2024, `finetune.py` of jongwooko/distillm; METHODS §7.2).
+
+Generated batches have the layout of `kdlab.models.generation.sample_responses` (left-padded
+prompt + response, labels -100 off the response); the loss then teacher-forces both models on them.
+"""
+
+import random
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from kdlab.modules.lm_distill import LMDistillModule
+
+Batch = dict[str, Tensor]
+GENERATORS = ("student", "teacher")
+REPLAY_RATIOS = ("decreasing", "constant", "increasing")
+
+
+class DatasetResponses:
+    """The dataset batch, unchanged."""
+
+    def training_batch(self, module: "LMDistillModule", batch: Batch) -> tuple[Batch, dict[str, float]]:
+        return batch, {}
+
+    def observe_validation(self, nll: float) -> None:
+        """Sources that adapt to the student's validation NLL override this."""
+
+
+class SampledResponses(DatasetResponses):
+    """With probability `probability` (λ), responses sampled from `generator` ("student" or "teacher")
+    at `temperature`, at most `max_new_tokens`; else the dataset's. Logs `generated` (1 or 0)."""
+
+    def __init__(self, generator: str = "student", probability: float = 0.5, temperature: float = 0.9, max_new_tokens: int = 128) -> None:
+        if generator not in GENERATORS:
+            raise ValueError(f"generator must be one of {GENERATORS}, got {generator!r}")
+        if not 0.0 <= probability <= 1.0 or temperature <= 0 or max_new_tokens < 1:
+            raise ValueError(f"need 0 <= probability <= 1, temperature > 0, max_new_tokens >= 1; got {probability}, {temperature}, {max_new_tokens}")
+        self.generator, self.probability, self.temperature, self.max_new_tokens = generator, probability, temperature, max_new_tokens
+
+    def training_batch(self, module: "LMDistillModule", batch: Batch) -> tuple[Batch, dict[str, float]]:
+        if torch.rand(()).item() >= self.probability:
+            return batch, {"generated": 0.0}
+        return module.generate(self.generator, batch, self.temperature, self.max_new_tokens), {"generated": 1.0}
+
+
+class AdaptiveStudentResponses(DatasetResponses):
+    """DistiLLM's adaptive off-policy schedule of student-generated outputs (SGO).
+
+    A threshold φ starts at `init_threshold`; after each validation, when the student's validation
+    NLL has risen by at least `loss_eps` over the last reference value, φ ← min(φ + 0.1, 1) and the
+    reference value is updated. Each step draws r ~ U(0, 1) and sets s = φ·(1 − step/total)
+    (`replay_ratio="decreasing"`; "constant": φ/2; "increasing": φ·step/total):
+    if r < s, or r < φ while the replay buffer holds fewer than `capacity` sequences, fresh student
+    samples (temperature 1, no top-k/top-p) are pushed into the FIFO buffer and trained on; else if
+    r < φ, a batch drawn from the buffer is trained on; else the dataset batch.
+
+    Scoping (documented deviations): DistiLLM measures the reference NLL once before training; here
+    the first validation sets it. The buffer is not saved in checkpoints (a resumed run refills it).
+    Logs `generated` (1 fresh samples, 0.5 replayed, 0 dataset) and `sgo_threshold` (φ).
+    """
+
+    def __init__(
+        self,
+        init_threshold: float = 0.0,
+        loss_eps: float = 0.1,
+        capacity: int = 1000,
+        replay_ratio: str = "decreasing",
+        temperature: float = 1.0,
+        max_new_tokens: int = 128,
+    ) -> None:
+        if replay_ratio not in REPLAY_RATIOS:
+            raise ValueError(f"replay_ratio must be one of {REPLAY_RATIOS}, got {replay_ratio!r}")
+        if not 0.0 <= init_threshold <= 1.0 or capacity < 1:
+            raise ValueError(f"need 0 <= init_threshold <= 1 and capacity >= 1, got {init_threshold}, {capacity}")
+        self.threshold, self.loss_eps, self.capacity, self.replay_ratio = init_threshold, loss_eps, capacity, replay_ratio
+        self.temperature, self.max_new_tokens = temperature, max_new_tokens
+        self.reference_nll: float | None = None
+        self.buffer: list[Batch] = []  # one entry per sequence, on the CPU, unpadded
+
+    def observe_validation(self, nll: float) -> None:
+        if self.reference_nll is None:
+            self.reference_nll = nll
+        elif nll >= self.reference_nll + self.loss_eps:
+            self.threshold = min(self.threshold + 0.1, 1.0)
+            self.reference_nll = nll
+
+    def sampling_threshold(self, progress: float) -> float:
+        """s for training progress step/total in [0, 1]."""
+        return self.threshold * {"decreasing": 1 - progress, "constant": 0.5, "increasing": progress}[self.replay_ratio]
+
+    def training_batch(self, module: "LMDistillModule", batch: Batch) -> tuple[Batch, dict[str, float]]:
+        r = torch.rand(()).item()
+        progress = min(module.global_step / max(module.trainer.estimated_stepping_batches, 1), 1.0)
+        logs = {"sgo_threshold": self.threshold}
+        if r < self.sampling_threshold(progress) or (r < self.threshold and len(self.buffer) < self.capacity):
+            generated = module.generate("student", batch, self.temperature, self.max_new_tokens)
+            self.push(generated)
+            return generated, logs | {"generated": 1.0}
+        if r < self.threshold:
+            return {key: value.to(module.device) for key, value in self.sample(len(batch["input_ids"])).items()}, logs | {"generated": 0.5}
+        return batch, logs | {"generated": 0.0}
+
+    def push(self, batch: Batch) -> None:
+        """Store each sequence of a generated batch (padding removed), dropping the oldest beyond `capacity`."""
+        for ids, mask, labels in zip(batch["input_ids"].cpu(), batch["attention_mask"].cpu(), batch["labels"].cpu()):
+            keep = mask.bool()
+            self.buffer.append({"input_ids": ids[keep], "labels": labels[keep]})
+        del self.buffer[: max(len(self.buffer) - self.capacity, 0)]
+
+    def sample(self, n: int) -> Batch:
+        """n stored sequences drawn without replacement, right-padded (pad id 0, masked)."""
+        rows = random.sample(self.buffer, min(n, len(self.buffer)))
+        length = max(len(row["input_ids"]) for row in rows)
+        input_ids = torch.zeros(len(rows), length, dtype=torch.long)
+        labels = torch.full((len(rows), length), -100)
+        attention_mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row["input_ids"])] = row["input_ids"]
+            labels[i, : len(row["labels"])] = row["labels"]
+            attention_mask[i, : len(row["input_ids"])] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
