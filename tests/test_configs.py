@@ -54,10 +54,7 @@ def test_config_composes_resolves_and_builds(override: str, tmp_path: Path) -> N
             continue
         if model is None or cfg.dataset.num_classes is None or cfg.dataset.in_channels is None:  # text data builds its LMs in setup
             continue
-        if model._target_.endswith("from_pretrained"):  # hub weights: offline, only check the loader exists
-            assert callable(get_method(model._target_))
-        else:
-            instantiate(model)
+        instantiate(model)
     for logger in cfg.logger.values():
         assert "_target_" in logger
 

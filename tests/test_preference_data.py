@@ -122,7 +122,7 @@ def test_dpo_from_the_command_line_on_a_saved_policy_and_jsonl_files(tmp_path: P
                                bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)).save_pretrained(policy_dir)
     outputs = tmp_path / "outputs"
     kdlab("train", "+method=dpo", "dataset=preferences_jsonl", "model=hf_policy", "logger=none",
-          f"model.student.pretrained_model_name_or_path={policy_dir}", f"dataset.datamodule.tokenizer={tokenizer_dir}",
+          f"model.student.name_or_path={policy_dir}", f"dataset.datamodule.tokenizer={tokenizer_dir}",
           f"dataset.datamodule.data_files={{train:'{files['train']}',test:'{files['test']}'}}",
           "dataset.batch_size=2", "dataset.datamodule.max_prompt_length=16", "dataset.datamodule.max_length=32",
           "trainer.max_steps=2", "+module.samples=4", "+module.max_new_tokens=4", outputs=outputs)

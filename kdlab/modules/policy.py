@@ -3,7 +3,7 @@
 import copy
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import lightning as L
 import torch
@@ -13,13 +13,13 @@ from torch import nn
 from kdlab.metrics.alignment import PreferencePanel, sample_metrics
 from kdlab.models.generation import sample_responses
 from kdlab.models.hf import lm_forward
-from kdlab.modules.base import NonFiniteLossError
+from kdlab.modules.base import TrainingModule
 from kdlab.objectives.preference import SFT, PreferenceObjective, token_logps
 
 POLICY_DIR = "policy"
 
 
-class PolicyModule(L.LightningModule):
+class PolicyModule(TrainingModule):
     """Trains `model` (the policy, a causal LM returning `.logits`) with a preference objective.
 
     The reference π_ref is frozen (eval mode, `requires_grad=False`, never given to the optimiser,
@@ -44,8 +44,6 @@ class PolicyModule(L.LightningModule):
     `model.student.name_or_path`).
     """
 
-    teacher_role: ClassVar[str | None] = None
-
     def __init__(
         self,
         model: nn.Module,
@@ -60,7 +58,7 @@ class PolicyModule(L.LightningModule):
         max_new_tokens: int = 64,
         disable_dropout: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, scheduler)
         del num_classes  # preference data has no label space; `kdlab.run` passes it to every regime
         if disable_dropout:  # TRL's DPO default: log-ratios of policy and reference from the same deterministic net
             for layer in model.modules():
@@ -68,8 +66,6 @@ class PolicyModule(L.LightningModule):
                     layer.p = 0.0
         self.model = model
         self.objective = objective
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.cache_reference = cache_reference and not objective.needs_reference_logits
         self.samples, self.max_new_tokens = samples, max_new_tokens
         self.reference = None
@@ -116,12 +112,6 @@ class PolicyModule(L.LightningModule):
                 "use the tokenizer the policy was trained with"
             )
 
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.model.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return lm_forward(self.model, input_ids, attention_mask)
 
@@ -154,9 +144,7 @@ class PolicyModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, logs = self.objective(self.model_outputs(batch, "train"), batch)
-        if not torch.isfinite(loss):
-            bad = ", ".join(f"{name}={value.item()}" for name, value in logs.items() if not torch.isfinite(value)) or "no single term"
-            raise NonFiniteLossError(f"non-finite training loss {loss.item()} at global step {self.global_step}; non-finite terms: {bad}")
+        self.check_finite(loss, logs)
         pairs = len(batch["index"])
         self.log("train/loss", loss, prog_bar=True, batch_size=pairs)
         self.log_dict({f"train/{name}": value for name, value in logs.items()}, batch_size=pairs)
