@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kdlab.divergences import get
+from kdlab.divergences import chunked, get
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -66,14 +66,14 @@ def _liger_jsd(beta: float) -> Loss:
 def contenders(n: int, chunk_size: int) -> dict[str, tuple[str, Callable[[], Loss]]]:
     return {
         "kdlab fkl": ("KL(p||q)", lambda: get("fkl")),
-        f"kdlab fkl chunked({chunk_size})": ("KL(p||q)", lambda: get("fkl", chunk_size=chunk_size)),
+        f"kdlab fkl chunked({chunk_size})": ("KL(p||q)", lambda: chunked(get("fkl"), chunk_size)),
         "naive F.kl_div (fp32 log_softmax)": (
             "KL(p||q)",
             lambda: lambda s, t: F.kl_div(F.log_softmax(s.float(), -1), F.log_softmax(t.float(), -1), log_target=True, reduction="batchmean"),
         ),
         "torchtune ForwardKLWithChunkedOutputLoss": ("-sum p log q", lambda: _torchtune_chunked_fkl(n, chunk_size)),
         "kdlab gjsd(0.5)": ("GJSD_0.5", lambda: get("gjsd", beta=0.5)),
-        f"kdlab gjsd(0.5) chunked({chunk_size})": ("GJSD_0.5", lambda: get("gjsd", beta=0.5, chunk_size=chunk_size)),
+        f"kdlab gjsd(0.5) chunked({chunk_size})": ("GJSD_0.5", lambda: chunked(get("gjsd", beta=0.5), chunk_size)),
         "TRL GKD generalized_jsd_loss(0.5)": ("GJSD_0.5", lambda: _trl_gjsd(0.5)),
         "Liger-Kernel LigerJSD(0.5) (CUDA)": ("GJSD_0.5", lambda: _liger_jsd(0.5)),
     }

@@ -5,6 +5,8 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
+import kdlab.conf  # noqa: F401  (registers the `divergence` config group from the divergence registry)
+
 log = logging.getLogger(__name__)
 
 

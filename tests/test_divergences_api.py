@@ -1,15 +1,12 @@
-"""Registry, `get`, `describe`, the Hydra configs of conf/divergence, and ValueErrors on bad input."""
+"""Registry, `get`, `describe`, the Hydra `divergence` group made from the registry, and ValueErrors on bad input."""
 
 import inspect
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from kdlab.divergences import REGISTRY, describe, get, parameters
-
-CONF = Path(__file__).resolve().parents[1] / "kdlab" / "conf" / "divergence"
+from kdlab.divergences import ALIASES, REGISTRY, Divergence, describe, divergence, get, parameters
 
 
 def test_every_divergence_takes_the_common_call_and_documents_its_formula_first():
@@ -18,20 +15,29 @@ def test_every_divergence_takes_the_common_call_and_documents_its_formula_first(
         assert list(signature.parameters)[:5] == ["student_logits", "teacher_logits", "mask", "temperature", "reduction"], name
         assert "=" in inspect.getdoc(fn).splitlines()[0], name
     rows = {row[0]: row for row in describe()}
-    assert set(rows) == set(REGISTRY)
+    assert set(rows) == set(REGISTRY) | set(ALIASES)
     assert rows["skl"][1] == "alpha=0.1" and rows["kl"][2] == rows["fkl"][2].strip() and rows["rkl"][1] == ""
+    assert rows["kl"][1] == "alias of fkl"
 
 
-def test_get_binds_parameters():
+def test_get_binds_parameters_and_records_the_canonical_name_with_every_parameter():
     s, t = torch.randn(3, 6), torch.randn(3, 6)
     torch.testing.assert_close(get("skl", alpha=0.3)(s, t), REGISTRY["skl"](s, t, alpha=0.3))
     torch.testing.assert_close(get("kl")(s, t), get("fkl")(s, t))
+    assert get("kl") == Divergence("fkl", {"drop_teacher_entropy": False})
+    assert get("ab", beta=0.5).record() == {"name": "ab", "alpha": 0.2, "beta": 0.5}
+    assert get("sinkhorn").batch_level and not get("js").batch_level
+
+
+def test_a_name_cannot_be_registered_twice():
+    with pytest.raises(ValueError, match="'kl' is registered twice"):
+        divergence("kl")(lambda student_logits, teacher_logits: None)
 
 
 @pytest.mark.parametrize(
     ("name", "params", "match"),
     [
-        ("nope", {}, "valid names: fkl, kl, rkl"),
+        ("nope", {}, "valid names: fkl, rkl, .*, kl"),
         ("fkl", {"alpha": 0.1}, "unknown parameter 'alpha'.*drop_teacher_entropy"),
         ("fkl", {"temperature": 2.0}, "unknown parameter 'temperature'"),
         ("skl", {"alpha": 1.5}, "alpha must be"),
@@ -73,14 +79,18 @@ def test_bad_inputs_raise_value_errors_naming_the_argument(name):
             fn(*args, **kwargs)
 
 
-def test_every_registry_name_has_a_config_with_the_published_defaults():
-    hydra_utils = pytest.importorskip("hydra.utils")
-    omegaconf = pytest.importorskip("omegaconf")
-    assert {path.stem for path in CONF.glob("*.yaml")} == set(REGISTRY)
+def test_every_registry_name_is_a_typed_hydra_option_with_the_functions_defaults():
+    hydra = pytest.importorskip("hydra")
+    from hydra.errors import ConfigCompositionException
+
     s, t = torch.randn(4, 6), torch.randn(4, 6)
-    for path in sorted(CONF.glob("*.yaml")):
-        assert path.read_text().startswith("# "), path
-        cfg = omegaconf.OmegaConf.load(path)
-        assert cfg._target_ == "kdlab.divergences.get" and cfg.name == path.stem
-        assert {k: v for k, v in cfg.items() if k not in ("_target_", "name")} == parameters(path.stem), path
-        torch.testing.assert_close(hydra_utils.instantiate(cfg)(s, t), get(path.stem)(s, t))
+    with hydra.initialize_config_module("kdlab.conf", version_base="1.3"):
+        for name in [*REGISTRY, *ALIASES]:
+            node = hydra.compose("train", overrides=[f"divergence={name}"]).divergence
+            assert node.name == ALIASES.get(name, name)
+            assert {k: v for k, v in node.items() if k not in ("_target_", "name")} == parameters(name), name
+            torch.testing.assert_close(hydra.utils.instantiate(node)(s, t), get(name)(s, t))
+        assert hydra.compose("train", overrides=["divergence=none"]).divergence.name is None
+        assert hydra.compose("train", overrides=["divergence=ab", "divergence.beta=0.5"]).divergence.beta == 0.5
+        with pytest.raises(ConfigCompositionException, match="divergence.alpha=abc"):
+            hydra.compose("train", overrides=["divergence=ab", "divergence.alpha=abc"])

@@ -28,7 +28,7 @@ def test_chunked_equals_unchunked_in_values_and_gradients(name, params):
 
 def test_chunked_bf16_gradient_only_for_the_inputs_that_need_it():
     student, teacher = logits(6, 40, dtype=torch.bfloat16, seed=4), logits(6, 40, dtype=torch.bfloat16, seed=5).detach()
-    value = get("fkl", chunk_size=4)(student, teacher)
+    value = chunked(get("fkl"), 4)(student, teacher)
     assert value.dtype == torch.float32
     torch.testing.assert_close(value, get("fkl")(student, teacher), rtol=1e-6, atol=0)
     (grad,) = torch.autograd.grad(value, student)
@@ -55,14 +55,14 @@ def test_chunked_saves_no_full_size_intermediate():
     student, teacher = logits(256, 500, seed=6), logits(256, 500, seed=7)
     full = 256 * 500 * 4
     assert saved_bytes(get("js"), student, teacher) >= 2 * full
-    assert saved_bytes(get("js", chunk_size=32), student, teacher) < full / 100
+    assert saved_bytes(chunked(get("js"), 32), student, teacher) < full / 100
 
 
 def test_sinkhorn_and_bad_chunk_sizes_are_refused():
     with pytest.raises(ValueError, match="batch-level"):
         chunked(get("sinkhorn"), 8)
     with pytest.raises(ValueError, match="batch-level"):
-        get("sinkhorn", chunk_size=8)
+        chunked(get("sinkhorn"), 8)
     for size in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="chunk_size"):
             chunked(get("fkl"), size)

@@ -3,28 +3,34 @@
 Every divergence is a pure function
 `fn(student_logits, teacher_logits, *, mask=None, temperature=1.0, reduction="mean", **params)` on
 logits `[..., V]` (`[B, C]` per sample, `[B, L, V]` per token), in log space with float32
-accumulation. Find them by name in `REGISTRY` / `get`; `chunked` bounds the memory of per-position
-ones; `sinkhorn` is batch-level.
+accumulation, registered by name with `@divergence(name)`. `get(name, **params)` binds one into a
+`Divergence` (what objectives call, carrying its name and parameters); `chunked` bounds the memory
+of per-position ones; `sinkhorn` is batch-level.
 """
 
-from kdlab.divergences.chunked import chunked
-from kdlab.divergences.distances import chi2, cs, hellinger, tvd
-from kdlab.divergences.fdiv import F_FUNCTIONS, fdiv
+# Importing the modules registers their divergences, in this order (the order `kdlab list` prints).
 from kdlab.divergences.kl import fkl, jeffreys, rkl
 from kdlab.divergences.mixture import gjsd, js, skl, srkl
+from kdlab.divergences.distances import chi2, cs, hellinger, tvd
 from kdlab.divergences.power import ab, alpha
-from kdlab.divergences.registry import REGISTRY, describe, get, parameters
+from kdlab.divergences.fdiv import F_FUNCTIONS, fdiv
 from kdlab.divergences.sinkhorn import entropic_plan, sinkhorn
+from kdlab.divergences.chunked import chunked
+from kdlab.divergences.registry import ALIASES, REGISTRY, Divergence, canonical, describe, divergence, get, parameters
 
 __all__ = [
+    "ALIASES",
     "F_FUNCTIONS",
     "REGISTRY",
+    "Divergence",
     "ab",
     "alpha",
+    "canonical",
     "chi2",
     "chunked",
     "cs",
     "describe",
+    "divergence",
     "entropic_plan",
     "fdiv",
     "fkl",

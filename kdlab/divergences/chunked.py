@@ -7,11 +7,12 @@ import torch
 from torch import Tensor
 
 from kdlab.divergences._core import check_inputs, reduce
+from kdlab.divergences.registry import Divergence
 
-Divergence = Callable[..., Tensor]
+DivergenceFn = Callable[..., Tensor]
 
 
-def chunked(fn: Divergence, chunk_size: int) -> Divergence:
+def chunked(fn: Divergence, chunk_size: int) -> DivergenceFn:
     """`fn` evaluated over chunks of `chunk_size` positions, with the same call signature and results.
 
     Logits `[..., V]` are viewed as `[N, V]`; the forward pass keeps only the per-position values
@@ -21,9 +22,8 @@ def chunked(fn: Divergence, chunk_size: int) -> Divergence:
     positions are evaluated but count for nothing. First-order gradients only. Batch-level
     divergences (`sinkhorn`) couple all positions and raise `ValueError`.
     """
-    base = fn.func if isinstance(fn, functools.partial) else fn
-    if getattr(base, "batch_level", False):
-        raise ValueError(f"{getattr(base, '__name__', base)} is batch-level (it couples all positions) and cannot be chunked")
+    if fn.batch_level:
+        raise ValueError(f"{fn.name} is batch-level (it couples all positions) and cannot be chunked")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
 
@@ -43,7 +43,7 @@ class _Chunks(torch.autograd.Function):
     """Per-position values of `fn` on `[N, V]` logits, chunk by chunk; backward recomputes each chunk."""
 
     @staticmethod
-    def forward(ctx, fn: Divergence, chunk_size: int, student: Tensor, teacher: Tensor) -> Tensor:
+    def forward(ctx, fn: DivergenceFn, chunk_size: int, student: Tensor, teacher: Tensor) -> Tensor:
         ctx.fn, ctx.chunk_size = fn, chunk_size
         ctx.save_for_backward(student, teacher)
         return torch.cat([fn(s, t) for s, t in zip(student.split(chunk_size), teacher.split(chunk_size))])

@@ -4,9 +4,11 @@ import torch
 from torch import Tensor
 
 from kdlab.divergences._core import log_probs, reduce
+from kdlab.divergences.registry import divergence
 from kdlab.divergences.fdiv import F_FUNCTIONS, f_divergence
 
 
+@divergence("tvd")
 def tvd(
     student_logits: Tensor, teacher_logits: Tensor, *, mask: Tensor | None = None, temperature: float = 1.0, reduction: str = "mean"
 ) -> Tensor:
@@ -19,6 +21,7 @@ def tvd(
     return reduce(0.5 * (log_p.exp() - log_q.exp()).abs().sum(dim=-1), mask, reduction)
 
 
+@divergence("hellinger")
 def hellinger(
     student_logits: Tensor, teacher_logits: Tensor, *, mask: Tensor | None = None, temperature: float = 1.0, reduction: str = "mean"
 ) -> Tensor:
@@ -32,6 +35,7 @@ def hellinger(
     return reduce(-torch.expm1(log_affinity), mask, reduction)
 
 
+@divergence("chi2")
 def chi2(
     student_logits: Tensor, teacher_logits: Tensor, *, mask: Tensor | None = None, temperature: float = 1.0, reduction: str = "mean"
 ) -> Tensor:
@@ -46,6 +50,7 @@ def chi2(
     return reduce(f_divergence(log_q, log_p, F_FUNCTIONS["pearson"]), mask, reduction)
 
 
+@divergence("cs")
 def cs(
     student_logits: Tensor, teacher_logits: Tensor, *, mask: Tensor | None = None, temperature: float = 1.0, reduction: str = "mean"
 ) -> Tensor:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdlab.divergences._core import log_probs, reduce
+from kdlab.divergences.registry import divergence
 
 # |log(p/q)| is clamped here (METHODS §0.4 rule 5): exp(2 * 30) * 2^17 vocabulary entries stays below the
 # float32 maximum, so chi^2-type divergences remain finite for extreme logits. Values change only where
@@ -32,6 +33,7 @@ def f_divergence(log_q: Tensor, log_p: Tensor, f: Callable[[Tensor], Tensor]) ->
     return (log_q.exp() * f(t)).sum(dim=-1)
 
 
+@divergence("fdiv")
 def fdiv(
     student_logits: Tensor,
     teacher_logits: Tensor,

@@ -3,8 +3,10 @@
 from torch import Tensor
 
 from kdlab.divergences._core import kl, log_probs, reduce
+from kdlab.divergences.registry import divergence
 
 
+@divergence("fkl", aliases=("kl",))
 def fkl(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -28,6 +30,7 @@ def fkl(
     return reduce(value, mask, reduction)
 
 
+@divergence("rkl")
 def rkl(
     student_logits: Tensor, teacher_logits: Tensor, *, mask: Tensor | None = None, temperature: float = 1.0, reduction: str = "mean"
 ) -> Tensor:
@@ -40,6 +43,7 @@ def rkl(
     return reduce(kl(log_q, log_p), mask, reduction)
 
 
+@divergence("jeffreys")
 def jeffreys(
     student_logits: Tensor, teacher_logits: Tensor, *, mask: Tensor | None = None, temperature: float = 1.0, reduction: str = "mean"
 ) -> Tensor:

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from kdlab.divergences._core import check_param, kl, log_probs, reduce
+from kdlab.divergences.registry import divergence
 
 
 def log_mixture(log_a: Tensor, log_b: Tensor, weight: float) -> Tensor:
@@ -13,6 +14,7 @@ def log_mixture(log_a: Tensor, log_b: Tensor, weight: float) -> Tensor:
     return torch.logaddexp(log_a + math.log(weight), log_b + math.log1p(-weight))
 
 
+@divergence("js")
 def js(
     student_logits: Tensor, teacher_logits: Tensor, *, mask: Tensor | None = None, temperature: float = 1.0, reduction: str = "mean"
 ) -> Tensor:
@@ -26,6 +28,7 @@ def js(
     return reduce(0.5 * (kl(log_p, log_m) + kl(log_q, log_m)), mask, reduction)
 
 
+@divergence("gjsd")
 def gjsd(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -54,6 +57,7 @@ def gjsd(
     return reduce(value, mask, reduction)
 
 
+@divergence("skl")
 def skl(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -75,6 +79,7 @@ def skl(
     return reduce(kl(log_p, log_m), mask, reduction)
 
 
+@divergence("srkl")
 def srkl(
     student_logits: Tensor,
     teacher_logits: Tensor,

@@ -4,8 +4,10 @@ import torch
 from torch import Tensor
 
 from kdlab.divergences._core import check_param, kl, log_probs, reduce
+from kdlab.divergences.registry import divergence
 
 
+@divergence("alpha")
 def alpha(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -34,6 +36,7 @@ def alpha(
     return reduce(value, mask, reduction)
 
 
+@divergence("ab")
 def ab(
     student_logits: Tensor,
     teacher_logits: Tensor,

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from kdlab.divergences._core import check_param, log_probs, reduce
+from kdlab.divergences.registry import divergence
 
 COSTS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "l1": lambda x, y: torch.cdist(x, y, p=1),
@@ -44,6 +45,7 @@ def entropic_plan(cost: Tensor, epsilon: float, n_iters: int, domain: str = "log
     return f[:, None] + log_kernel + g
 
 
+@divergence("sinkhorn", batch_level=True)
 def sinkhorn(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -99,8 +101,6 @@ def sinkhorn(
     values = log_q.new_zeros(counted.shape).masked_scatter(counted, rows)
     return reduce(values, mask, reduction)
 
-
-sinkhorn.batch_level = True
 
 
 def _rows(x: Tensor, y: Tensor, *, entropic: bool, epsilon: float, n_iters: int, cost: str, domain: str, detach_plan: bool) -> Tensor:
