@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     report.add_argument("--rows", default="method", help="run field or config path for rows (default: method)")
     report.add_argument("--cols", default="divergence", help="run field or config path for columns (default: divergence)")
     report.add_argument("--curves", help="comma-separated CSV metrics to plot per epoch (default: val/<metric>,train/loss)")
+    report.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                        help="count only runs whose field or config path KEY equals VALUE (repeatable), "
+                             "e.g. --where trainer.max_epochs=30")
     args = parser.parse_args(argv)
     if args.command == "list":
         print_registries([args.what] if args.what else [*_GROUPS, "divergences"])
@@ -42,10 +45,10 @@ def main(argv: list[str] | None = None) -> None:
 
         curves = args.curves.split(",") if args.curves else None
         try:
-            result = write_report(args.paths, args.out, args.metric, args.rows, args.cols, curves)
+            result = write_report(args.paths, args.out, args.metric, args.rows, args.cols, curves, args.where)
         except ValueError as error:
             report.error(str(error))
-        print_report(result, args.metric, args.rows)
+        print_report(result, args.rows)
 
 
 def print_registries(names: list[str]) -> None:

@@ -1,57 +1,51 @@
-"""The results table: one cell per (row, column) value pair — method x divergence by default — with
-the mean ± sample standard deviation of a metric over the cell's runs (its seeds), and the published
-number where the runs' experiment names one."""
+"""The results table: one line per cell (`cells.py`: method x divergence by default, split by variant
+keys) with the mean ± sample standard deviation of a metric over the cell's distinct seeds, and the
+published number where the runs' experiment names one; and the runs the table leaves out, with why."""
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 
+from kdlab.report.cells import Cell, Cells, label, natural
 from kdlab.report.collect import Run
 
 
-def label(value: object) -> str:
-    return "—" if value is None else str(value)
-
-
-def natural(text: str) -> tuple[int, float, str]:
-    """Sort key that puts numbers in numeric order (2 < 10) before other labels in text order."""
-    try:
-        return (0, float(text), text)
-    except ValueError:
-        return (1, 0.0, text)
-
-
-def summarize(runs: Sequence[Run], metric: str, rows: str, cols: str) -> pd.DataFrame:
-    """One line per cell: `rows`, `cols` (their values), n, mean, std (ddof=1; NaN for n=1), min, max,
-    seeds, published, published_source, delta (= mean − published). Only completed runs that
-    logged `metric` count; `unused(runs, metric)` lists the others."""
-    cells: dict[tuple[str, str], list[Run]] = {}
-    for run in runs:
-        if run.status == "completed" and run.metric(metric) is not None:
-            cells.setdefault((label(run.get(rows)), label(run.get(cols))), []).append(run)
+def summarize(cells: Sequence[Cell], metric: str, rows: str, cols: str) -> pd.DataFrame:
+    """One line per cell that has `metric`: `rows`, `cols` (their values), variant, n (distinct seeds),
+    mean, std (ddof=1; NaN for n=1), min, max, seeds, published, published_source, delta
+    (= mean − published). A cell's runs without `metric` are left out (`unused` lists them)."""
     lines = []
-    for (row, col), members in sorted(cells.items(), key=lambda item: (natural(item[0][0]), natural(item[0][1]))):
+    for cell in cells:
+        members = [run for run in cell.runs if run.metric(metric) is not None]
+        if not members:
+            continue
         values = pd.Series([run.metric(metric) for run in members], dtype=float)
         published = {run.published(metric) for run in members} - {None}
         value, source = published.pop() if len(published) == 1 else (math.nan, "" if not published else "several")
         lines.append({
-            rows: row, cols: col, "n": len(values), "mean": values.mean(), "std": values.std(ddof=1),
-            "min": values.min(), "max": values.max(), "seeds": " ".join(sorted((label(run.get("seed")) for run in members), key=natural)),
+            rows: cell.row, cols: cell.col, "variant": cell.variant, "column": cell.column, "n": len(values),
+            "mean": values.mean(), "std": values.std(ddof=1), "min": values.min(), "max": values.max(),
+            "seeds": " ".join(label(run.get("seed")) for run in members),
             "published": value, "published_source": source, "delta": values.mean() - value,
         })
-    columns = [rows, cols, "n", "mean", "std", "min", "max", "seeds", "published", "published_source", "delta"]
+    columns = [rows, cols, "variant", "column", "n", "mean", "std", "min", "max", "seeds", "published", "published_source", "delta"]
     return pd.DataFrame(lines, columns=columns)
 
 
-def unused(runs: Sequence[Run], metric: str) -> list[tuple[Run, str]]:
-    """The runs the table leaves out, each with the reason: failed, incomplete, or without `metric`."""
+def unused(runs: Sequence[Run], cells: Cells, metric: str, where: Callable[[Run], str]) -> list[tuple[Run, str]]:
+    """The runs the table leaves out, each with the reason: failed, incomplete, invalid, an older
+    repeat of a seed (`where(run)` names the run counted instead), or completed without `metric`."""
+    repeats = {id(run): (newer, cell) for run, newer, cell in cells.repeats}
     left_out = []
     for run in runs:
         if run.status != "completed":
             left_out.append((run, f"{run.status}: {run.error or 'no error recorded'}"))
+        elif id(run) in repeats:
+            newer, cell = repeats[id(run)]
+            left_out.append((run, f"repeat of seed {label(run.get('seed'))} in {cell.name}: the newer {where(newer)} is counted"))
         elif run.metric(metric) is None:
-            left_out.append((run, f"completed without {metric}"))
+            left_out.append((run, run.without(metric)))
     return left_out
 
 
@@ -63,13 +57,13 @@ def format_cell(mean: float, std: float, n: int, published: float, show_n: bool 
 
 
 def pivot(summary: pd.DataFrame, rows: str, cols: str) -> pd.DataFrame:
-    """The table as printed: index = row values, columns = column values, cells = `format_cell` text
-    (with each cell's n when the cells do not all have the same number of runs)."""
+    """The table as printed: index = row values, columns = column values (with `[variant]`), cells =
+    `format_cell` text (with each cell's n when the cells do not all have the same n)."""
     if summary.empty:
         return pd.DataFrame()
     show_n = summary["n"].nunique() > 1
     text = summary.apply(lambda line: format_cell(line["mean"], line["std"], line["n"], line["published"], show_n), axis=1)
-    table = summary.assign(text=text).pivot(index=rows, columns=cols, values="text").fillna("")
+    table = summary.assign(text=text).pivot(index=rows, columns="column", values="text").fillna("")
     table.columns.name = None
     return in_order(table)
 
