@@ -11,7 +11,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from kdlab.modules import PolicyModule
 from kdlab.modules.policy import load_weights, soup_state_dict
-from kdlab.objectives import DPO
+from kdlab.objectives.preference import DPO
+from kdlab.run import build_objective, composed_method
 
 # The known-reward experiment shrunk to seconds: a 1-layer SFT reference trained on 128 sequences.
 TINY = [
@@ -43,9 +44,10 @@ def build(overrides: list[str], tmp_path: Path) -> tuple[PolicyModule, L.Lightni
     """The module and data a `kdlab train OVERRIDES` run builds (as `kdlab.run` does)."""
     cfg = compose_train([*TINY, f"dataset.datamodule.cache_dir={CACHE}", *overrides], tmp_path)
     module_class = get_class(cfg.module._target_)
+    objective, _ = build_objective(cfg, composed_method())
     datamodule = instantiate(cfg.dataset.datamodule)
-    policy, objective = instantiate(cfg.model.student), instantiate(cfg.objective)
-    module_class.check_models(datamodule, cfg.dataset, policy, None, objective)
+    policy = instantiate(cfg.model.student)
+    module_class.check_models(datamodule, cfg.dataset.num_classes, policy, None, objective)
     module = instantiate(cfg.module, model=policy, objective=objective, optimizer=instantiate(cfg.optimizer),
                          scheduler=None, num_classes=cfg.dataset.num_classes)
     return module, datamodule
@@ -145,7 +147,7 @@ def test_policy_module_refuses_what_it_cannot_train(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="preference objectives"):
         PolicyModule.check_models(datamodule, None, module.model, None, torch.nn.MSELoss())
     with pytest.raises(ValueError, match="Hugging Face causal LM"):
-        PolicyModule.check_models(datamodule, None, torch.nn.Linear(2, 2), None, DPO())
+        PolicyModule.check_models(datamodule, None, torch.nn.Linear(2, 2), None, DPO(beta=0.1))
     small = GPT2LMHeadModel(GPT2Config(vocab_size=4, n_positions=16, n_embd=8, n_layer=1, n_head=2))
     with pytest.raises(ValueError, match="embedding has 4 rows"):
-        PolicyModule.check_models(datamodule, None, small, None, DPO())
+        PolicyModule.check_models(datamodule, None, small, None, DPO(beta=0.1))

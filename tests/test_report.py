@@ -13,6 +13,7 @@ from conftest import kdlab
 from kdlab.cli import main as cli_main
 from kdlab.report import write_report
 from kdlab.report.plots import pareto_frontier, proxy_golden_pairs
+from kdlab.report.table import label
 from kdlab.results import write_json_atomic
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -39,8 +40,9 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                                 "model": "digits_cnn", "dataset": "digits", "seed": 0, "config": {}})
     killed = multirun / "5-kd-fkl-digits_cnn-digits-s2"
     (killed / ".hydra").mkdir(parents=True)
-    config = (next(multirun.glob("*-kd-fkl-*-s1/.hydra/config.yaml"))).read_text()
-    (killed / ".hydra" / "config.yaml").write_text(config.replace("seed: 1", "seed: 2"))
+    sibling = next(multirun.glob("*-kd-fkl-*-s1/.hydra"))
+    (killed / ".hydra" / "config.yaml").write_text((sibling / "config.yaml").read_text().replace("seed: 1", "seed: 2"))
+    (killed / ".hydra" / "hydra.yaml").write_text((sibling / "hydra.yaml").read_text())  # Hydra writes both when a job starts
     return multirun
 
 
@@ -49,7 +51,7 @@ def results_by_cell(multirun: Path, metric: str) -> dict[tuple[str, str], list[f
     for path in multirun.rglob("results.json"):
         record = json.loads(path.read_text())
         if record["status"] == "completed":
-            cells.setdefault((record["method"], record["divergence"]), []).append(record["metrics"][metric])
+            cells.setdefault((record["method"], label(record["divergence"])), []).append(record["metrics"][metric])
     return cells
 
 
@@ -58,7 +60,7 @@ def test_table_has_the_four_runs_as_cells_with_their_values(grid: Path, tmp_path
     cli_main(["report", str(grid), "--out", str(tmp_path)])
     table = pd.read_csv(tmp_path / "table.csv")
     expected = results_by_cell(grid, "test/acc")
-    assert sorted(expected) == [("kd", "fkl"), ("scratch", "fkl")] and all(len(v) == 2 for v in expected.values())
+    assert sorted(expected) == [("kd", "fkl"), ("scratch", label(None))] and all(len(v) == 2 for v in expected.values())
     assert len(table) == 2 and table["n"].tolist() == [2, 2]
     for _, line in table.iterrows():
         values = expected[(line["method"], line["divergence"])]

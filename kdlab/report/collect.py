@@ -14,6 +14,7 @@ from kdlab.results import RESULTS_FILE
 
 IDENTITY = ("run_name", "method", "divergence", "model", "dataset", "seed")
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
+HYDRA_RUNTIME = Path(".hydra") / "hydra.yaml"
 METRICS_CSV = Path("csv") / "metrics.csv"
 
 
@@ -99,6 +100,14 @@ def read_results(path: Path) -> Run:
     return Run(path.parent, status, record, error)
 
 
+def composed_method(run_dir: Path) -> str | None:
+    """The method preset the run composed (Hydra's `runtime.choices.method` in `.hydra/hydra.yaml`)."""
+    try:
+        return OmegaConf.load(run_dir / HYDRA_RUNTIME).hydra.runtime.choices.get("method")
+    except Exception:  # a half-written or foreign file must not stop the report
+        return None
+
+
 def read_incomplete(run_dir: Path) -> Run:
     """A run without `results.json`, identified from the config Hydra saved when it started."""
     try:
@@ -107,7 +116,7 @@ def read_incomplete(run_dir: Path) -> Run:
         return Run(run_dir, "incomplete", error=f"no {RESULTS_FILE}; unreadable {HYDRA_CONFIG}: {error}")
     divergence = config.get("divergence")
     record = {
-        "method": config.get("method"),
+        "method": composed_method(run_dir),
         "divergence": divergence.get("name") if isinstance(divergence, dict) else divergence,
         "model": (config.get("model") or {}).get("name"),
         "dataset": (config.get("dataset") or {}).get("name"),

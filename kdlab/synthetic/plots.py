@@ -120,8 +120,9 @@ def multirun_tradeoff(sweep_dir: str | Path) -> Path | None:
 
 
 def _label(record: dict) -> str:
+    """The run's divergence as results.json records it (with α for the alpha-divergence)."""
     divergence = record.get("divergence") or "?"
-    alpha = (record.get("config") or {}).get("objective", {}).get("alpha")
+    alpha = (record.get("divergence_params") or {}).get("alpha")
     return f"{divergence} (α={alpha})" if divergence == "alpha" and alpha is not None else str(divergence)
 
 
