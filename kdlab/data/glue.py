@@ -20,7 +20,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.classification import BinaryF1Score, MulticlassMatthewsCorrCoef
 
-from kdlab.data.text import TextDataModule
+from kdlab.data.text import DataFiles, TextDataModule
 
 # task -> (text columns, number of classes, dev split)
 TASKS: dict[str, tuple[tuple[str, ...], int, str]] = {
@@ -45,7 +45,7 @@ class GLUEDataModule(TextDataModule):
         tokenizer: str,
         path: str = "nyu-mll/glue",
         name: str | None = None,
-        data_files: str | list[str] | dict[str, str | list[str]] | None = None,
+        data_files: DataFiles = None,
         val_fraction: float = 0.1,
         max_length: int = 128,
         batch_size: int = 32,

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import torch
 
-from kdlab.data.text import TextDataModule, collate_examples, encode_example, left_pad
+from kdlab.data.text import DataFiles, TextDataModule, collate_examples, encode_example, left_pad
 
 # MiniLLM's `tools/process_data_dolly.py` (Gu et al. 2024), which DistiLLM and ABKD reuse.
 TEMPLATE = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
@@ -38,7 +38,7 @@ class InstructionDataModule(TextDataModule):
         path: str,
         tokenizer: str,
         name: str | None = None,
-        data_files: str | list[str] | dict[str, str | list[str]] | None = None,
+        data_files: DataFiles = None,
         columns: Mapping[str, str] | None = None,
         splits: Mapping[str, str | None] | None = None,
         val_size: int = 500,

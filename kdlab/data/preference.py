@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import torch
 
-from kdlab.data.text import TextDataModule, collate_examples, encode_example, left_pad
+from kdlab.data.text import DataFiles, TextDataModule, collate_examples, encode_example, left_pad
 
 HH_ASSISTANT = "\n\nAssistant:"
 LAYOUTS = ("explicit", "hh")
@@ -64,7 +64,7 @@ class PreferenceDataModule(TextDataModule):
         path: str,
         tokenizer: str,
         name: str | None = None,
-        data_files: str | list[str] | dict[str, str | list[str]] | None = None,
+        data_files: DataFiles = None,
         layout: str = "explicit",
         columns: Mapping[str, str] | None = None,
         splits: Mapping[str, str | None] | None = None,

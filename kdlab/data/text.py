@@ -22,6 +22,8 @@ from kdlab.data.splits import SplitDataModule
 from kdlab.models.hf import load_tokenizer
 from kdlab.tokens import IGNORE_INDEX
 
+DataFiles = str | list[str] | dict[str, str | list[str]] | None  # `datasets.load_dataset(data_files=...)`: split -> file(s)
+
 
 def plain(value: Any) -> Any:
     """A Hydra config value as plain Python (dicts, lists): `datasets.load_dataset(data_files=...)`
@@ -78,7 +80,7 @@ class TextDataModule(SplitDataModule):
         path: str,
         tokenizer: str,
         name: str | None,
-        data_files: str | list[str] | dict[str, str | list[str]] | None,
+        data_files: DataFiles,
         batch_size: int,
         num_workers: int,
     ) -> None:
