@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from kdlab.divergences import get
-from kdlab.objectives import TokenKD
+from kdlab.objectives.token_kd import TokenKD
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULTS = {
@@ -56,10 +56,10 @@ def step(contender: str, x: dict, chunk_size: int) -> float:
     """One forward+backward of forward-KL token distillation; returns the loss."""
     batch = {"labels": x["labels"]}
     if contender == "fused":
-        objective = TokenKD(get("fkl"), chunk_size=chunk_size, fused=True)
+        objective = TokenKD(get("fkl"), kd_ratio=1.0, temperature=1.0, chunk_size=chunk_size, fused=True)
         outputs = {"hidden": x["hidden"], "head": (x["head"], None), "teacher_hidden": x["teacher_hidden"], "teacher_head": (x["teacher_head"], None)}
     else:
-        objective = TokenKD(get("fkl"), chunk_size=chunk_size if contender == "chunked" else None)
+        objective = TokenKD(get("fkl"), kd_ratio=1.0, temperature=1.0, chunk_size=chunk_size if contender == "chunked" else None, fused=False)
         with torch.no_grad():
             teacher_logits = x["teacher_hidden"] @ x["teacher_head"].T
         outputs = {"logits": x["hidden"] @ x["head"].T, "teacher_logits": teacher_logits}

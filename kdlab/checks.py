@@ -7,11 +7,13 @@ import lightning as L
 import torch
 from torch import nn
 
+from kdlab.errors import ConfigError
+
 
 def check_label_spaces(
     datamodule: L.LightningDataModule, num_classes: int, student: nn.Module, teacher: nn.Module | None = None
 ) -> None:
-    """Raise ValueError unless student, teacher and dataset agree on the number of classes.
+    """Raise ConfigError unless student, teacher and dataset agree on the number of classes.
 
     The models are asked, not trusted: one forward pass on two training inputs shows how many
     logits each produces.
@@ -24,7 +26,7 @@ def check_label_spaces(
     wrong = {name: width for name, width in widths.items() if width != num_classes}
     if wrong:
         found = ", ".join(f"the {name} predicts {width}" for name, width in wrong.items())
-        raise ValueError(
+        raise ConfigError(
             f"label spaces differ: the dataset has {num_classes} classes (dataset.num_classes) but {found}. "
             "Pick a model pair built for this dataset (model.teacher/student num_classes)."
         )
@@ -47,7 +49,7 @@ def _logit_width(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Ten
 
 
 def check_features(objective: str, student: nn.Module, teacher: nn.Module | None = None) -> None:
-    """Raise ValueError unless every model can return features (`forward(x, return_features=True)`),
+    """Raise ConfigError unless every model can return features (`forward(x, return_features=True)`),
     which objectives that declare `needs_features` (ND, USKD, DHKD) read."""
     models = {"student": student} | ({"teacher": teacher} if teacher is not None else {})
     lacking = [
@@ -56,20 +58,20 @@ def check_features(objective: str, student: nn.Module, teacher: nn.Module | None
         if "return_features" not in inspect.signature(model.forward).parameters
     ]
     if lacking:
-        raise ValueError(
+        raise ConfigError(
             f"{objective} needs intermediate features, but {' and '.join(lacking)} cannot return them: "
             "its forward has no `return_features` argument. Use a kdlab vision model (kdlab list models)."
         )
 
 
 def check_teacher_source(method: str, teacher_role: str | None, ckpt_path: str | None) -> None:
-    """Raise ValueError when a teacher checkpoint is given to a regime that would ignore it: methods
+    """Raise ConfigError when a teacher checkpoint is given to a regime that would ignore it: methods
     with no teacher (scratch, self-distillation such as uskd and pskd) and online methods, whose
     teacher is trained from scratch alongside the student (bdkd)."""
     if ckpt_path and teacher_role != "frozen":
         kind = {"online": "trains its teacher from scratch with the student",
                 "pretrained": "uses the pretrained teacher model.teacher as given (set model.teacher.name_or_path)"}.get(teacher_role, "uses no teacher")
-        raise ValueError(
+        raise ConfigError(
             f"teacher.ckpt_path={ckpt_path} was given, but method {method} {kind}; "
             "drop teacher.ckpt_path or pick a method that distils from a trained teacher (e.g. +method=kd)."
         )

@@ -2,13 +2,13 @@
 
 import argparse
 import sys
-from importlib.resources import files
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-CONF_DIR = Path(str(files("kdlab") / "conf"))
+from kdlab.conf import CONF_DIR
+
 _GROUPS = {"methods": "method", "models": "model", "datasets": "dataset"}
 
 
@@ -62,6 +62,13 @@ def print_registries(names: list[str]) -> None:
                 table.add_column(column)
             for row in describe():
                 table.add_row(*row)
+        elif name == "methods":
+            from kdlab.methods import catalogue
+
+            for column in ("name", "divergence", "description"):
+                table.add_column(column)
+            for method in catalogue():
+                table.add_row(method.name, method.slot.describe(), config_description(CONF_DIR / "method" / f"{method.name}.yaml"))
         else:
             table.add_column("name")
             table.add_column("description")

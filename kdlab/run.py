@@ -1,19 +1,30 @@
-"""One run, start to end: compose -> teacher -> fit -> test -> results.json -> summary.
+"""One run, start to end: check -> objective -> data, models, teacher -> fit -> test -> results.json -> summary.
 
-`run(cfg)` is what `kdlab train` calls for every job of a run or a multirun.
+`run(cfg)` is what `kdlab train` calls for every job of a run or a multirun. The run's record
+(results.json, W&B tags and hyperparameters, what `kdlab report` reads) is taken from what was
+built: `method` and `regime` from the presets Hydra composed and the module class built,
+`divergence` and `divergence_params` from the objective's `used_divergence()`, `objective` from the
+built objective's class and the arguments it was built with.
 """
 
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from kdlab.checks import check_teacher_source
+from kdlab.conf import label
 from kdlab.distributed import is_worker_process
+from kdlab.divergences import Divergence, get
+from kdlab.errors import ConfigError
 from kdlab.loggers import finish_wandb_run
+from kdlab.methods import asked_divergence, check_divergence
+from kdlab.objectives.base import Objective
 from kdlab.results import RESULTS_FILE, environment_versions, write_json_atomic
 from kdlab.resume import record_fingerprint, resume_checkpoint
 from kdlab.summary import print_summary
@@ -26,45 +37,102 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """Train and evaluate what `cfg` describes; write `results.json`; return the final metrics.
 
     A run that raises still leaves a `results.json`, with `"status": "failed"` and the error, so
-    that reports list it instead of silently missing it.
+    that reports list it instead of silently missing it; one that failed before its objective was
+    built records the divergence it asked for.
     """
+    record = requested(cfg)
     try:
-        return _run(cfg)
+        return _run(cfg, record)
     except Exception as error:
         if not is_worker_process():
             write_json_atomic(
                 Path(cfg.paths.output_dir) / RESULTS_FILE,
-                {**_run_identity(cfg), "status": "failed", "error": f"{type(error).__name__}: {error}",
+                {**record, "status": "failed", "error": f"{type(error).__name__}: {error}",
                  "versions": environment_versions(), "config": OmegaConf.to_container(cfg, resolve=True)},
             )
         raise
 
 
-def _run_identity(cfg: DictConfig) -> dict:
+def composed_method() -> str:
+    """The method preset Hydra composed (`hydra.runtime.choices.method`)."""
+    if not HydraConfig.initialized():
+        raise ConfigError("kdlab.run.run needs a config composed by Hydra (kdlab train, or hydra.compose with return_hydra_config=True)")
+    return HydraConfig.get().runtime.choices["method"]
+
+
+def requested(cfg: DictConfig) -> dict[str, Any]:
+    """The run's identity as composed, before anything is built (`build_objective` fills in the rest)."""
+    name, params = asked_divergence(cfg.divergence)
     return {
         "run_name": cfg.run_name,
-        "method": cfg.method,
-        "divergence": cfg.divergence.name,
+        "method": composed_method(),
+        "regime": None,
+        "divergence": name,
+        "divergence_params": params if name is not None else None,
+        "objective": None,
         "model": cfg.model.name,
         "dataset": cfg.dataset.name,
         "seed": cfg.seed,
     }
 
 
-def _run(cfg: DictConfig) -> dict[str, float]:
+def build_divergence(node: DictConfig) -> Divergence:
+    """`kdlab.divergences.get(name, **parameters)` of the composed `divergence` node."""
+    name, params = asked_divergence(node)
+    try:
+        return get(name, **params)
+    except ValueError as error:
+        raise ConfigError(f"divergence={name}: {error}") from None
+
+
+def build_objective(cfg: DictConfig, method: str) -> tuple[Objective, dict[str, Any]]:
+    """The objective of `cfg` and its record (`divergence`, `divergence_params`, `objective`).
+
+    Fails with a `ConfigError`, before any data or model is built, when the asked divergence does not
+    fit the objective's slot. Only an objective with an open slot receives a built `Divergence`.
+    """
+    objective_class = get_class(cfg.objective._target_)
+    check_divergence(method, objective_class, get_class(cfg.module._target_), cfg.divergence)
+    divergence = build_divergence(cfg.divergence) if objective_class.divergence_slot.receives_divergence else None
+    # A partial, then the call: Hydra would turn a dataclass argument such as the Divergence into a config node.
+    objective = instantiate(cfg.objective, _partial_=True)(**({"divergence": divergence} if divergence is not None else {}))
+    used = objective.used_divergence()
+    if label(used.name if used else None) != label(cfg.divergence.name):  # the run name, composed before, says cfg's
+        raise RuntimeError(f"{type(objective).__name__} computes with {used} but the config says divergence={cfg.divergence.name}")
+    arguments = {key: value for key, value in OmegaConf.to_container(cfg.objective, resolve=True).items() if key != "_target_"}
+    if divergence is not None:
+        arguments["divergence"] = divergence.record()
+    return objective, {
+        "divergence": used.name if used else None,
+        "divergence_params": dict(used.params) if used else None,
+        "objective": {"class": qualified_name(type(objective)), "arguments": arguments},
+    }
+
+
+def qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def wandb_tags(record: dict[str, Any]) -> list[str]:
+    """W&B tags from the run's record: method, divergence (or none), model, dataset, seed<N>."""
+    return [record["method"], label(record["divergence"]), record["model"], record["dataset"], f"seed{record['seed']}"]
+
+
+def _run(cfg: DictConfig, record: dict[str, Any]) -> dict[str, float]:
     started = time.time()
+    objective, built = build_objective(cfg, record["method"])  # first: a divergence the method cannot use fails here
+    record |= built
+    module_class = get_class(cfg.module._target_)
+    check_teacher_source(record["method"], module_class.teacher_role, cfg.teacher.ckpt_path)
     output_dir = Path(cfg.paths.output_dir)
     record_fingerprint(cfg)
     ckpt_path = resume_checkpoint(cfg)
 
-    module_class = get_class(cfg.module._target_)
-    check_teacher_source(cfg.method, module_class.teacher_role, cfg.teacher.ckpt_path)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset.datamodule)
     student = instantiate(cfg.model.student)
     teacher_model = instantiate(cfg.model.teacher) if module_class.teacher_role else None
-    objective = instantiate(cfg.objective)
-    module_class.check_models(datamodule, cfg.dataset, student, teacher_model, objective)
+    module_class.check_models(datamodule, cfg.dataset.num_classes, student, teacher_model, objective)
 
     teacher = load_teacher(cfg, datamodule, teacher_model) if module_class.teacher_role == "frozen" else None
     L.seed_everything(cfg.seed, workers=True)  # training repeats exactly, teacher trained now or cached
@@ -77,11 +145,13 @@ def _run(cfg: DictConfig) -> dict[str, float]:
         num_classes=cfg.dataset.num_classes,
         **({"teacher": teacher_model} if teacher_model is not None else {}),
     )
-    loggers = [instantiate(logger) for logger in cfg.logger.values()]
+    record["regime"] = qualified_name(type(module))
+    tags = wandb_tags(record)
+    loggers = [instantiate(node, **({"tags": tags} if key == "wandb" else {})) for key, node in cfg.logger.items()]
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
     for logger in trainer.loggers:
-        logger.log_hyperparams(_loggable_config(cfg, teacher))
+        logger.log_hyperparams(_loggable_config(cfg, teacher, record))
 
     try:
         if ckpt_path:
@@ -97,7 +167,7 @@ def _run(cfg: DictConfig) -> dict[str, float]:
         write_json_atomic(
             output_dir / RESULTS_FILE,
             {
-                **_run_identity(cfg),
+                **record,
                 "status": "completed",
                 "metrics": metrics,
                 "teacher": _teacher_record(teacher),
@@ -118,7 +188,10 @@ def _teacher_record(teacher: CachedTeacher | None) -> dict | None:
     return {"source": teacher.source, "path": str(teacher.path), "fingerprint": teacher.fingerprint, "metrics": teacher.metrics}
 
 
-def _loggable_config(cfg: DictConfig, teacher: CachedTeacher | None) -> dict:
+def _loggable_config(cfg: DictConfig, teacher: CachedTeacher | None, record: dict[str, Any]) -> dict:
+    """The resolved config, the teacher's record (`teacher_record`) and the run's (`record`: method,
+    regime, divergence, divergence_params, objective), as the loggers' hyperparameters."""
     config = OmegaConf.to_container(cfg, resolve=True)
     config["teacher_record"] = _teacher_record(teacher)
+    config["record"] = {key: record[key] for key in ("method", "regime", "divergence", "divergence_params", "objective")}
     return config

@@ -6,8 +6,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from kdlab.metrics.alignment import PreferencePanel, distinct_n, kl_estimates
 from kdlab.models.generation import sample_responses
-from kdlab.objectives.preference import Pairs, token_logps
+from kdlab.objectives.preference import Pairs
 from kdlab.synthetic import KnownRewardTask
+from kdlab.tokens import token_logps
 
 
 def test_kl_estimators_converge_to_the_exact_sequence_kl() -> None:

@@ -15,9 +15,10 @@ from test_configs import CONF, compose_train
 
 from kdlab.checks import check_label_spaces
 from kdlab.data import CIFARDataModule
+from kdlab.divergences import get
 from kdlab.models import create
 from kdlab.modules import DistillModule
-from kdlab.objectives import HintonKD
+from kdlab.objectives.hinton_kd import HintonKD
 from kdlab.run import run
 
 EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("cifar*.yaml"))
@@ -75,7 +76,8 @@ def test_on_device_training_runs_on_the_cpu(cifar_root: Path) -> None:
     L.seed_everything(0)
     dm = CIFARDataModule("cifar10", root=str(cifar_root), batch_size=8, val_size=20, download=False, on_device=True)
     module = DistillModule(model=create("resnet8", num_classes=10), teacher=create("resnet14", num_classes=10),
-                           objective=HintonKD(), optimizer=lambda p: torch.optim.SGD(p, lr=0.05), num_classes=10)
+                           objective=HintonKD(get("fkl"), temperature=4.0, ce_weight=0.1, kd_weight=0.9),
+                           optimizer=lambda p: torch.optim.SGD(p, lr=0.05), num_classes=10)
     trainer = L.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=1, limit_val_batches=1,
                         limit_test_batches=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)

@@ -39,5 +39,6 @@ def test_list_prints_every_registry(outputs: Path) -> None:
     text = kdlab("list", outputs=outputs, timeout=120).stdout
     for expected in ("methods", "scratch", "divergences", "fkl", "models", "digits_cnn", "datasets", "digits"):
         assert expected in text
-    only_methods = kdlab("list", "methods", outputs=outputs, timeout=60).stdout
+    only_methods = kdlab("list", "methods", outputs=outputs, timeout=120).stdout
     assert "scratch" in only_methods and "divergences" not in only_methods
+    assert "│ fdpo" in only_methods and "rkl|fkl|js|alpha" in only_methods  # the divergences each method takes

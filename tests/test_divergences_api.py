@@ -83,13 +83,15 @@ def test_every_registry_name_is_a_typed_hydra_option_with_the_functions_defaults
     hydra = pytest.importorskip("hydra")
     from hydra.errors import ConfigCompositionException
 
+    from kdlab.run import build_divergence
+
     s, t = torch.randn(4, 6), torch.randn(4, 6)
     with hydra.initialize_config_module("kdlab.conf", version_base="1.3"):
         for name in [*REGISTRY, *ALIASES]:
             node = hydra.compose("train", overrides=[f"divergence={name}"]).divergence
             assert node.name == ALIASES.get(name, name)
             assert {k: v for k, v in node.items() if k not in ("_target_", "name")} == parameters(name), name
-            torch.testing.assert_close(hydra.utils.instantiate(node)(s, t), get(name)(s, t))
+            torch.testing.assert_close(build_divergence(node)(s, t), get(name)(s, t))  # as kdlab.run builds it
         assert hydra.compose("train", overrides=["divergence=none"]).divergence.name is None
         assert hydra.compose("train", overrides=["divergence=ab", "divergence.beta=0.5"]).divergence.beta == 0.5
         with pytest.raises(ConfigCompositionException, match="divergence.alpha=abc"):

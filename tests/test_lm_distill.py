@@ -9,10 +9,12 @@ from lm_files import instruction_text, gpt2_tokenizer, save_gpt2, write_instruct
 from test_configs import compose_train
 
 from kdlab.data.instructions import InstructionDataModule
+from kdlab.divergences import get
 from kdlab.models.generation import sample_responses
 from kdlab.modules import LMDistillModule
 from kdlab.modules.lm_sources import AdaptiveStudentResponses
-from kdlab.objectives import HintonKD, TokenKD
+from kdlab.objectives.hinton_kd import HintonKD
+from kdlab.objectives.token_kd import TokenKD
 from kdlab.run import run
 
 
@@ -85,7 +87,7 @@ def test_loss_reads_response_tokens_only(files: dict, tmp_path: Path) -> None:
         assert (batch["labels"][0, :prompt_length] == -100).all()
         assert batch["input_ids"][0, :prompt_length].tolist() == batch["prompt_ids"][0, -prompt_length:].tolist()
     assert not torch.equal(a["prompt_ids"][0], b["prompt_ids"][0][-len(a["prompt_ids"][0]):])
-    objective = TokenKD(chunk_size=None)
+    objective = TokenKD(get("fkl"), kd_ratio=1.0, temperature=1.0, chunk_size=None, fused=False)
     for batch in (a, b):  # same response tokens, same logits at them -> same loss whatever the prompt
         length, vocab = batch["input_ids"].shape[1], len(tokenizer)
         start = batch["prompt_mask"][0].sum() - 1
@@ -123,7 +125,7 @@ def test_sampled_responses_have_valid_masks(files: dict) -> None:
 
 
 def test_distillm_schedule_and_replay_buffer() -> None:
-    source = AdaptiveStudentResponses(init_threshold=0.0, loss_eps=0.1, capacity=3)
+    source = AdaptiveStudentResponses(init_threshold=0.0, loss_eps=0.1, capacity=3, replay_ratio="decreasing", temperature=1.0, max_new_tokens=4)
     for nll, threshold in ((2.0, 0.0), (2.05, 0.0), (2.11, 0.1), (2.15, 0.1), (2.25, 0.2)):
         source.observe_validation(nll)
         assert source.threshold == pytest.approx(threshold)
@@ -143,7 +145,9 @@ def test_mismatched_tokenizers_are_refused_with_the_first_differing_ids(files: d
     from kdlab.models.hf import causal_lm
 
     data = InstructionDataModule("json", files["student"], data_files=files["data"], splits={"test": "test"}, val_size=1, batch_size=2)
+    token_kd = TokenKD(get("fkl"), kd_ratio=1.0, temperature=1.0, chunk_size=None, fused=False)
     with pytest.raises(ValueError, match="first differing token ids.*id \\d+"):
-        LMDistillModule.check_models(data, None, causal_lm(files["student"]), causal_lm(teacher), TokenKD())
+        LMDistillModule.check_models(data, None, causal_lm(files["student"]), causal_lm(teacher), token_kd)
     with pytest.raises(ValueError, match="TokenKD"):
-        LMDistillModule.check_models(data, None, causal_lm(files["student"]), causal_lm(files["teacher"]), HintonKD())
+        LMDistillModule.check_models(data, None, causal_lm(files["student"]), causal_lm(files["teacher"]),
+                                     HintonKD(get("fkl"), temperature=1.0, ce_weight=0.0, kd_weight=1.0))

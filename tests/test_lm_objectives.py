@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from kdlab.divergences import get
-from kdlab.objectives import TokenKD
+from kdlab.errors import ConfigError
+from kdlab.objectives.token_kd import TokenKD
 
 B, L, V, H = 3, 7, 11, 5
 
@@ -57,7 +58,7 @@ DIVERGENCES = [("fkl", {}, 0.0), ("rkl", {}, 0.0), ("gjsd", {"beta": 0.5}, 0.5),
 @pytest.mark.parametrize(("name", "params", "param"), DIVERGENCES)
 def test_token_kd_matches_float64_reference(name, params, param) -> None:
     student, teacher, labels = make_batch()
-    objective = TokenKD(get(name, **params), kd_ratio=0.7, temperature=2.0)
+    objective = TokenKD(get(name, **params), kd_ratio=0.7, temperature=2.0, chunk_size=None, fused=False)
     loss, logs = objective({"logits": student, "teacher_logits": teacher}, {"labels": labels})
     (grad,) = torch.autograd.grad(loss, student)
     expected = reference_loss(student, teacher, labels, name, param, 0.7, 2.0)
@@ -70,7 +71,7 @@ def test_token_kd_matches_float64_reference(name, params, param) -> None:
 def test_prompt_and_padding_positions_contribute_nothing() -> None:
     """Perturbing the logits at positions whose next label is -100 changes neither loss nor gradient elsewhere."""
     student, teacher, labels = make_batch()
-    objective = TokenKD(get("js"), kd_ratio=0.5)
+    objective = TokenKD(get("js"), kd_ratio=0.5, temperature=1.0, chunk_size=None, fused=False)
     loss, _ = objective({"logits": student, "teacher_logits": teacher}, {"labels": labels})
     (grad,) = torch.autograd.grad(loss, student)
     ignored = torch.zeros(B, L, dtype=torch.bool)
@@ -104,15 +105,18 @@ def test_chunked_and_fused_equal_plain(kd_ratio: float, dtype: torch.dtype, tole
         loss, logs = objective(outputs, batch)
         return loss, logs["ce"], logs["kd"], *torch.autograd.grad(loss, (hidden, weight, bias))
 
-    plain = run(TokenKD(divergence, kd_ratio=kd_ratio))
-    for objective in (TokenKD(divergence, kd_ratio=kd_ratio, chunk_size=4), TokenKD(divergence, kd_ratio=kd_ratio, chunk_size=4, fused=True),
-                      TokenKD(divergence, kd_ratio=kd_ratio, fused=True)):
+    def token_kd(chunk_size: int | None, fused: bool) -> TokenKD:
+        return TokenKD(divergence, kd_ratio=kd_ratio, temperature=1.0, chunk_size=chunk_size, fused=fused)
+
+    plain = run(token_kd(None, False))
+    for objective in (token_kd(4, False), token_kd(4, True), token_kd(None, True)):
         for got, expected in zip(run(objective), plain):
             torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
 
 
 def test_batch_level_divergence_cannot_be_chunked() -> None:
-    with pytest.raises(ValueError, match="couples all positions"):
-        TokenKD(get("sinkhorn"), chunk_size=128)
-    with pytest.raises(ValueError, match="kd_ratio"):
-        TokenKD(kd_ratio=1.5)
+    with pytest.raises(ConfigError, match="divergence=sinkhorn couples all positions.*objective.chunk_size=null"):
+        TokenKD(get("sinkhorn"), kd_ratio=1.0, temperature=1.0, chunk_size=128, fused=False)
+    TokenKD(get("sinkhorn"), kd_ratio=1.0, temperature=1.0, chunk_size=None, fused=False)  # unchunked, it is allowed
+    with pytest.raises(ConfigError, match="objective.kd_ratio"):
+        TokenKD(get("fkl"), kd_ratio=1.5, temperature=1.0, chunk_size=None, fused=False)

@@ -16,8 +16,8 @@ from kdlab.checks import check_teacher_source
 from kdlab.data import DigitsDataModule
 from kdlab.models import SmallCNN
 from kdlab.modules import DistillModule, OnlineDistillModule, TeacherModule
-from kdlab.objectives import ND, USKD
-from kdlab.run import run
+from kdlab.objectives.cross_entropy import CrossEntropy
+from kdlab.run import build_objective, composed_method, run
 
 METHODS = ["kd", "dkd", "nkd", "uskd", "pskd", "sinkd", "bdkd", "dhkd", "nd"]
 # Each preset as published, plus the variants its flags and divergence slot offer.
@@ -47,11 +47,11 @@ def build(overrides: list[str], tmp_path: Path) -> tuple[L.LightningModule, Digi
     """The module a `kdlab train OVERRIDES` run builds, from the composed presets, with untrained models."""
     cfg = compose_train(overrides, tmp_path)
     module_class = get_class(cfg.module._target_)
+    objective, _ = build_objective(cfg, composed_method())
     datamodule = instantiate(cfg.dataset.datamodule)
     student = instantiate(cfg.model.student)
     teacher = instantiate(cfg.model.teacher) if module_class.teacher_role else None
-    objective = instantiate(cfg.objective)
-    module_class.check_models(datamodule, cfg.dataset, student, teacher, objective)
+    module_class.check_models(datamodule, cfg.dataset.num_classes, student, teacher, objective)
     module = module_class(
         model=student, objective=objective, optimizer=adam, num_classes=cfg.dataset.num_classes,
         **({"teacher": teacher} if teacher is not None else {}),
@@ -141,13 +141,14 @@ class PlainCNN(nn.Module):
 
 
 def test_feature_methods_refuse_models_without_features(tmp_path: Path) -> None:
-    dataset = compose_train([], tmp_path).dataset
+    nd, _ = build_objective(compose_train(["+method=nd"], tmp_path), "nd")
+    uskd, _ = build_objective(compose_train(["+method=uskd"], tmp_path), "uskd")
     datamodule = DigitsDataModule()
     with pytest.raises(ValueError, match=r"ND needs intermediate features, but the teacher \(PlainCNN\) cannot return them"):
-        DistillModule.check_models(datamodule, dataset, SmallCNN(10, width=4), PlainCNN(), ND())
+        DistillModule.check_models(datamodule, 10, SmallCNN(10, width=4), PlainCNN(), nd)
     with pytest.raises(ValueError, match=r"USKD needs intermediate features, but the student \(PlainCNN\)"):
-        TeacherModule.check_models(datamodule, dataset, PlainCNN(), None, USKD())
-    TeacherModule.check_models(datamodule, dataset, PlainCNN(), None, None)  # plain CE needs none
+        TeacherModule.check_models(datamodule, 10, PlainCNN(), None, uskd)
+    TeacherModule.check_models(datamodule, 10, PlainCNN(), None, CrossEntropy(label_smoothing=0.0))  # plain CE needs none
 
 
 @pytest.mark.parametrize("method", ["uskd", "pskd", "bdkd"])

@@ -9,15 +9,21 @@ import torch
 
 from kdlab.checks import check_label_spaces
 from kdlab.data import DigitsDataModule
+from kdlab.divergences import get
 from kdlab.loggers import wandb_mode
 from kdlab.models import SmallCNN
 from kdlab.modules import DistillModule, NonFiniteLossError, TeacherModule
-from kdlab.objectives import CrossEntropy, HintonKD
+from kdlab.objectives.cross_entropy import CrossEntropy
+from kdlab.objectives.hinton_kd import HintonKD
 from kdlab.results import write_json_atomic
 
 
 def adam(params):
     return torch.optim.Adam(params, lr=1e-2)
+
+
+def hinton_kd() -> HintonKD:
+    return HintonKD(get("fkl"), temperature=4.0, ce_weight=0.1, kd_weight=0.9)
 
 
 def quick_trainer(**kwargs) -> L.Trainer:
@@ -31,7 +37,7 @@ def test_distillation_never_updates_the_teacher() -> None:
     L.seed_everything(0)
     teacher, student = SmallCNN(10, width=8), SmallCNN(10, width=4)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}  # BN running stats included
-    module = DistillModule(model=student, teacher=teacher, objective=HintonKD(), optimizer=adam, num_classes=10)
+    module = DistillModule(model=student, teacher=teacher, objective=hinton_kd(), optimizer=adam, num_classes=10)
     quick_trainer(max_steps=3, limit_val_batches=1).fit(module, datamodule=DigitsDataModule(batch_size=32))
     assert not teacher.training
     assert all(not p.requires_grad for p in teacher.parameters())
@@ -44,7 +50,7 @@ class ExplodingKD(HintonKD):
     """Hinton KD whose distillation term turns to NaN at the third step."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(get("fkl"), temperature=4.0, ce_weight=0.1, kd_weight=0.9)
         self.calls = 0
 
     def forward(self, outputs, batch):
@@ -65,7 +71,7 @@ def test_non_finite_loss_stops_the_run_naming_the_step_and_term() -> None:
 
 def test_supervised_module_learns_digits() -> None:
     L.seed_everything(0)
-    module = TeacherModule(model=SmallCNN(10, width=16), objective=CrossEntropy(), optimizer=adam, num_classes=10)
+    module = TeacherModule(model=SmallCNN(10, width=16), objective=CrossEntropy(label_smoothing=0.0), optimizer=adam, num_classes=10)
     trainer = quick_trainer(max_epochs=3)
     datamodule = DigitsDataModule()
     trainer.fit(module, datamodule=datamodule)

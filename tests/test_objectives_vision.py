@@ -9,10 +9,15 @@ import torch
 from torch import nn
 
 from kdlab.divergences import get
-from kdlab.objectives import BDKD, DHKD, DKD, ND, NKD, PSKD, USKD, Progress, SinKD
-from kdlab.objectives.dhkd import aligned_loss, binary_kl_norm
-from kdlab.objectives.dkd import decoupled_terms
-from kdlab.objectives.nd import class_mean_directions, nd_loss
+from kdlab.objectives.bdkd import BDKD
+from kdlab.objectives.dhkd import DHKD, aligned_loss, binary_kl_norm
+from kdlab.objectives.dkd import DKD, decoupled_terms
+from kdlab.objectives.nd import ND, class_mean_directions, nd_loss
+from kdlab.objectives.nkd import NKD
+from kdlab.objectives.progress import Progress
+from kdlab.objectives.pskd import PSKD
+from kdlab.objectives.sinkd import SinKD
+from kdlab.objectives.uskd import USKD
 
 B, C = 6, 7
 
@@ -76,7 +81,7 @@ def dkd_reference(zs, zt, labels, T, alpha, beta, ce_weight, warm) -> torch.Tens
 @pytest.mark.parametrize("epoch", [0, 5, 30])
 def test_dkd_matches_reference(epoch: int) -> None:
     zs, zt, labels = random_logits(0)
-    objective = DKD(alpha=1.0, beta=8.0, temperature=4.0, ce_weight=1.0, warmup_epochs=20)
+    objective = DKD(get("fkl"), alpha=1.0, beta=8.0, temperature=4.0, ce_weight=1.0, warmup_epochs=20)
     loss, logs = objective({"logits": zs, "teacher_logits": zt, "progress": at_epoch(epoch, 40)}, {"label": labels})
     warm = min((epoch + 1) / 20, 1.0)  # epochs counted from 1, as mdistiller does
     zs64 = as64(zs)
@@ -99,7 +104,7 @@ def test_dkd_is_finite_when_the_target_probability_saturates() -> None:
     zs, zt, labels = random_logits(2)
     zt = zt.clone()
     zt[torch.arange(B), labels] = 500.0
-    loss, _ = DKD()({"logits": zs, "teacher_logits": zt, "progress": at_epoch(25, 40)}, {"label": labels})
+    loss, _ = DKD(get("fkl"), alpha=1.0, beta=8.0, temperature=4.0, ce_weight=1.0, warmup_epochs=20)({"logits": zs, "teacher_logits": zt, "progress": at_epoch(25, 40)}, {"label": labels})
     (grad,) = torch.autograd.grad(loss, zs)
     assert torch.isfinite(loss) and torch.isfinite(grad).all()
 
@@ -108,7 +113,7 @@ def test_dkd_is_finite_when_the_target_probability_saturates() -> None:
 
 
 def test_nkd_with_unit_gamma_and_temperature_equals_the_brute_force_loop() -> None:
-    """METHODS §11.5: NKD(γ=1, λ=1) = mean_i [-p_y log q_y - Σ_{c≠y} p̂_c log q̂_c]."""
+    """docs/methods.md §11.5: NKD(γ=1, λ=1) = mean_i [-p_y log q_y - Σ_{c≠y} p̂_c log q̂_c]."""
     zs, zt, labels = random_logits(3)
     loss, _ = NKD(temperature=1.0, gamma=1.0, ce_weight=0.0)({"logits": zs, "teacher_logits": zt}, {"label": labels})
     zs64, zt64 = as64(zs), zt.double()
@@ -128,7 +133,7 @@ def test_nkd_with_unit_gamma_and_temperature_equals_the_brute_force_loop() -> No
 def test_nkd_matches_reference_with_published_cifar_values() -> None:
     zs, zt, labels = random_logits(4)
     lam, gamma = 3.0, 3.5
-    loss, _ = NKD(temperature=lam, gamma=gamma)({"logits": zs, "teacher_logits": zt}, {"label": labels})
+    loss, _ = NKD(temperature=lam, gamma=gamma, ce_weight=1.0)({"logits": zs, "teacher_logits": zt}, {"label": labels})
     zs64, zt64 = as64(zs), zt.double()
     rows = torch.arange(B)
     target = -(softmax64(zt64)[rows, labels] * torch.log(softmax64(zs64)[rows, labels])).mean()
@@ -144,7 +149,7 @@ def test_nkd_matches_reference_with_published_cifar_values() -> None:
 
 
 def prepared(objective: nn.Module, features: dict, num_classes: int = C) -> nn.Module:
-    """Run `prepare` with a stand-in for the module: what prepare reads, nothing else."""
+    """Run `prepare` with a stand-in for its `PrepareContext`: what prepare reads, nothing else."""
     stub = SimpleNamespace(model=None, num_classes=num_classes, example_features=lambda model: features)
     objective.prepare(stub)
     return objective
@@ -180,7 +185,7 @@ def uskd_reference(z, f_mid, W, b, labels, alpha, beta, mu, log_rank) -> torch.T
 def test_uskd_matches_reference(log_rank: bool) -> None:
     zs, _, labels = random_logits(5)
     f_mid = torch.randn(B, 4, 3, 3, generator=torch.Generator().manual_seed(6)).requires_grad_()
-    objective = prepared(USKD(alpha=0.1, beta=0.1, mu=0.1, stage=0, rank_uses_log_probs=log_rank), {"stages": [f_mid]})
+    objective = prepared(USKD(alpha=0.1, beta=0.1, mu=0.1, stage=0, rank_uses_log_probs=log_rank, ce_weight=1.0), {"stages": [f_mid]})
     assert objective.weak_head.in_features == 4 and objective.weak_head.out_features == C
     loss, _ = objective({"logits": zs, "features": {"stages": [f_mid]}}, {"label": labels})
     zs64, f64 = as64(zs), as64(f_mid)
@@ -191,7 +196,7 @@ def test_uskd_matches_reference(log_rank: bool) -> None:
 
 def test_uskd_rejects_a_stage_the_model_does_not_have() -> None:
     with pytest.raises(ValueError, match="stage=3 does not exist: the model has 2 stages"):
-        prepared(USKD(stage=3), {"stages": [torch.zeros(2, 4, 2, 2)] * 2})
+        prepared(USKD(alpha=0.1, beta=0.1, mu=0.1, stage=3, rank_uses_log_probs=True, ce_weight=1.0), {"stages": [torch.zeros(2, 4, 2, 2)] * 2})
 
 
 # --- PS-KD ------------------------------------------------------------------------------------
@@ -200,8 +205,7 @@ def test_uskd_rejects_a_stage_the_model_does_not_have() -> None:
 def test_pskd_targets_are_one_hot_in_the_first_epoch_then_mix_in_past_predictions() -> None:
     E, N = 10, 20
     objective = PSKD(alpha_T=0.8)
-    objective.prepare(SimpleNamespace(num_classes=C, trainer=SimpleNamespace(datamodule=SimpleNamespace(
-        train_dataloader=lambda: SimpleNamespace(dataset=range(N))))))
+    objective.prepare(SimpleNamespace(num_classes=C, train_loader=lambda: SimpleNamespace(dataset=range(N))))
     assert objective.predictions.shape == (N, C)
     assert objective.alpha(at_epoch(0, E)) == pytest.approx(0.08)
     assert objective.alpha(at_epoch(E - 1, E)) == pytest.approx(0.8)
@@ -228,7 +232,7 @@ def _record_on_two_processes(rank: int, init_file: str, results: str) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    objective = PSKD()
+    objective = PSKD(alpha_T=0.8)
     objective.register_buffer("predictions", torch.zeros(8, 3))
     objective.register_buffer("recorded", torch.zeros(8, dtype=torch.bool))
     index = torch.tensor([0, 1]) + 2 * rank  # rank 0 trains samples 0, 1; rank 1 samples 2, 3
@@ -250,7 +254,7 @@ def test_pskd_predictions_are_shared_across_processes(tmp_path) -> None:
 
 def test_pskd_schedule_needs_an_epoch_budget() -> None:
     with pytest.raises(ValueError, match="finite trainer.max_epochs"):
-        PSKD().alpha(Progress(epoch=0, max_epochs=-1))
+        PSKD(alpha_T=0.8).alpha(Progress(epoch=0, max_epochs=-1))
 
 
 # --- SinKD ------------------------------------------------------------------------------------
@@ -269,7 +273,7 @@ def sinkd_code_sinkhorn(zs, zt, tau=2.0, eps=0.1, n_iters=20) -> torch.Tensor:
 
 def test_sinkd_code_faithful_matches_the_released_loss() -> None:
     zs, zt, labels = random_logits(8, scale=1.0)
-    objective = SinKD(mode="code_faithful", alpha=0.9, temperature=2.0, sinkhorn_weight=0.8, scale=1e-3)
+    objective = SinKD(get("fkl"), mode="code_faithful", alpha=0.9, temperature=2.0, sinkhorn_weight=0.8, scale=1e-3, tau=2.0, epsilon=0.1, n_iters=20, cost="l1", detach_plan=False)
     loss, logs = objective({"logits": zs, "teacher_logits": zt}, {"label": labels})
     zs64, zt64 = as64(zs), zt.double()
     kd = kl64(softmax64(zt64 / 2), softmax64(zs64 / 2)).mean()  # no T² in the code
@@ -281,8 +285,9 @@ def test_sinkd_code_faithful_matches_the_released_loss() -> None:
 def test_sinkd_paper_clean_is_the_code_value_over_batch_size() -> None:
     zs, zt, labels = random_logits(9, scale=1.0)
     outputs, batch = {"logits": zs, "teacher_logits": zt}, {"label": labels}
-    _, code = SinKD(mode="code_faithful")(outputs, batch)
-    _, clean = SinKD(mode="paper_clean")(outputs, batch)
+    settings = dict(alpha=0.9, temperature=2.0, sinkhorn_weight=0.8, scale=1e-3, tau=2.0, epsilon=0.1, n_iters=20, cost="l1", detach_plan=False)
+    _, code = SinKD(get("fkl"), mode="code_faithful", **settings)(outputs, batch)
+    _, clean = SinKD(get("fkl"), mode="paper_clean", **settings)(outputs, batch)
     assert clean["sinkhorn"].item() == pytest.approx(code["sinkhorn"].item() / B, rel=1e-4)
     assert clean["kd"].item() == pytest.approx(2.0**2 * code["kd"].item(), rel=1e-6)
 
@@ -325,14 +330,14 @@ def test_bdkd_hard_switch_weights_follow_the_entropy_gap() -> None:
     torch.testing.assert_close(reverse_kl_weights(gap, "hard_switch", 1.0), torch.tensor([0.0, 0, 0, 1, 1]))
     torch.testing.assert_close(reverse_kl_weights(gap, "sigmoid", 2.0), torch.sigmoid(2 * gap))
     with pytest.raises(ValueError, match="weighting must be one of"):
-        BDKD(weighting="entropy")
+        BDKD(temperature=4.0, student_kd_weight=1.0, teacher_kd_weight=1.0, weighting="entropy", sharpness=1.0)
 
 
 # --- DHKD -------------------------------------------------------------------------------------
 
 
 def test_binary_kl_norm_is_a_log_cosh_logit_matching_loss() -> None:
-    """METHODS §11.6: BinaryKL-Norm = (T²/B) Σ log cosh((z_s - z_t)/(2T)) for |d| < 18."""
+    """docs/methods.md §11.6: BinaryKL-Norm = (T²/B) Σ log cosh((z_s - z_t)/(2T)) for |d| < 18."""
     zs, zt, _ = random_logits(11, scale=4.0)
     T = 2.0
     zs64 = as64(zs)
@@ -356,7 +361,8 @@ def test_binary_kl_norm_is_stable_where_the_clamped_form_stops_learning() -> Non
 def test_dhkd_trains_the_auxiliary_head_on_the_teacher_and_the_model_head_on_labels() -> None:
     zs, zt, labels = random_logits(12)
     h = torch.randn(B, 5, generator=torch.Generator().manual_seed(13)).requires_grad_()
-    objective = prepared(DHKD(temperature=2.0, gamma=1.0, alpha=0.5, aux_head="linear", grad_align=False), {"penultimate": h})
+    objective = prepared(DHKD(temperature=2.0, gamma=1.0, alpha=0.5, aux_head="linear", grad_align=False, replicate_clamp=False),
+                         {"penultimate": h})
     loss, _ = objective({"logits": zs, "teacher_logits": zt, "features": {"penultimate": h}}, {"label": labels})
     zs64, h64 = as64(zs), as64(h)
     aux = h64 @ objective.aux_head.weight.detach().double().T + objective.aux_head.bias.detach().double()
@@ -411,7 +417,7 @@ def test_nd_class_directions_are_the_normalised_class_means() -> None:
 
 def test_nd_total_loss_combines_ce_warmed_kd_and_nd() -> None:
     zs, zt, labels = random_logits(15)
-    objective = ND(temperature=4.0, ce_weight=1.0, kd_weight=3.5, nd_weight=2.0, kd_warmup_epochs=20)
+    objective = ND(get("fkl"), temperature=4.0, ce_weight=1.0, kd_weight=3.5, nd_weight=2.0, kd_warmup_epochs=20)
     objective.projector = nn.Identity()
     objective.directions = torch.nn.functional.normalize(torch.randn(C, 5), dim=-1)
     hs, ht = torch.randn(B, 5).requires_grad_(), torch.randn(B, 5)

@@ -1,5 +1,6 @@
 """PolicyModule: every preference preset trains two steps; the reference stays frozen; SALSA's soup."""
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -11,7 +12,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from kdlab.modules import PolicyModule
 from kdlab.modules.policy import load_weights, soup_state_dict
-from kdlab.objectives import DPO
+from kdlab.objectives.preference import DPO
+from kdlab.run import build_objective, composed_method
 
 # The known-reward experiment shrunk to seconds: a 1-layer SFT reference trained on 128 sequences.
 TINY = [
@@ -43,9 +45,10 @@ def build(overrides: list[str], tmp_path: Path) -> tuple[PolicyModule, L.Lightni
     """The module and data a `kdlab train OVERRIDES` run builds (as `kdlab.run` does)."""
     cfg = compose_train([*TINY, f"dataset.datamodule.cache_dir={CACHE}", *overrides], tmp_path)
     module_class = get_class(cfg.module._target_)
+    objective, _ = build_objective(cfg, composed_method())
     datamodule = instantiate(cfg.dataset.datamodule)
-    policy, objective = instantiate(cfg.model.student), instantiate(cfg.objective)
-    module_class.check_models(datamodule, cfg.dataset, policy, None, objective)
+    policy = instantiate(cfg.model.student)
+    module_class.check_models(datamodule, cfg.dataset.num_classes, policy, None, objective)
     module = instantiate(cfg.module, model=policy, objective=objective, optimizer=instantiate(cfg.optimizer),
                          scheduler=None, num_classes=cfg.dataset.num_classes)
     return module, datamodule
@@ -145,7 +148,24 @@ def test_policy_module_refuses_what_it_cannot_train(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="preference objectives"):
         PolicyModule.check_models(datamodule, None, module.model, None, torch.nn.MSELoss())
     with pytest.raises(ValueError, match="Hugging Face causal LM"):
-        PolicyModule.check_models(datamodule, None, torch.nn.Linear(2, 2), None, DPO())
+        PolicyModule.check_models(datamodule, None, torch.nn.Linear(2, 2), None, DPO(beta=0.1))
     small = GPT2LMHeadModel(GPT2Config(vocab_size=4, n_positions=16, n_embd=8, n_layer=1, n_head=2))
     with pytest.raises(ValueError, match="embedding has 4 rows"):
-        PolicyModule.check_models(datamodule, None, small, None, DPO())
+        PolicyModule.check_models(datamodule, None, small, None, DPO(beta=0.1))
+
+
+def test_a_run_records_its_divergence_and_the_multirun_figure_labels_it(tmp_path: Path) -> None:
+    """experiment=pref_synthetic with divergence=alpha, two steps through kdlab.run: results.json records
+    the α the objective used, and the multirun trade-off figure is drawn from the run's CSV log."""
+    from kdlab.run import run
+    from kdlab.synthetic.plots import FIGURE, _label, multirun_tradeoff
+
+    run_dir = tmp_path / "sweep" / "0-alpha"
+    cfg = compose_train([*TINY, f"dataset.datamodule.cache_dir={CACHE}", "divergence=alpha", "divergence.alpha=0.3", "logger=csv",
+                         "trainer.max_steps=2", "trainer.max_epochs=1", "~callbacks.progress_bar", "~callbacks.tradeoff",
+                         f"paths.output_dir={run_dir}", f"paths.log_dir={tmp_path}"], run_dir)
+    run(cfg)
+    record = json.loads((run_dir / "results.json").read_text())
+    assert (record["method"], record["divergence"], record["divergence_params"]) == ("fdpo", "alpha", {"alpha": 0.3})
+    assert _label(record) == "alpha (α=0.3)"
+    assert multirun_tradeoff(tmp_path / "sweep") == tmp_path / "sweep" / FIGURE

@@ -13,7 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from kdlab.data.preference import PreferenceDataModule, parse_pair
 from kdlab.modules import PolicyModule
-from kdlab.objectives import DPO
+from kdlab.objectives.preference import DPO
 
 ROWS = [
     {"prompt": "Is the sky blue?", "chosen": " Yes, on a clear day.", "rejected": " No."},
@@ -104,8 +104,9 @@ def test_dpo_trains_on_the_files_and_samples_until_eos(tmp_path: Path, tokenizer
     data.setup("fit")
     policy = GPT2LMHeadModel(GPT2Config(vocab_size=data.vocab_size, n_positions=64, n_embd=16, n_layer=1, n_head=2,
                                         eos_token_id=data.eos_token_id))
-    PolicyModule.check_models(data, None, policy, None, DPO())
-    module = PolicyModule(policy, DPO(), lambda params: torch.optim.Adam(params, lr=1e-2), samples=6, max_new_tokens=5)
+    PolicyModule.check_models(data, None, policy, None, DPO(beta=0.1))
+    module = PolicyModule(policy, DPO(beta=0.1), lambda params: torch.optim.Adam(params, lr=1e-2), reference_soup=None, soup_weights=None,
+                          cache_reference=True, samples=6, max_new_tokens=5, disable_dropout=True)
     trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=str(tmp_path))
     trainer.fit(module, datamodule=data)
@@ -125,7 +126,7 @@ def test_dpo_from_the_command_line_on_a_saved_policy_and_jsonl_files(tmp_path: P
           f"model.student.name_or_path={policy_dir}", f"dataset.datamodule.tokenizer={tokenizer_dir}",
           f"dataset.datamodule.data_files={{train:'{files['train']}',test:'{files['test']}'}}",
           "dataset.batch_size=2", "dataset.datamodule.max_prompt_length=16", "dataset.datamodule.max_length=32",
-          "trainer.max_steps=2", "+module.samples=4", "+module.max_new_tokens=4", outputs=outputs)
+          "trainer.max_steps=2", "module.samples=4", "module.max_new_tokens=4", outputs=outputs)
     (results,) = [json.loads(p.read_text()) for p in outputs.rglob("results.json")]
     assert results["status"] == "completed" and results["method"] == "dpo"
     assert 0.0 <= results["metrics"]["test/accuracy"] <= 1.0

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from kdlab.divergences import alpha as alpha_divergence
-from kdlab.objectives import DPO, IPO, SFT, TDPO
-from kdlab.objectives.preference import dpo_loss, fdpo_score, ipo_loss, token_logps
-from kdlab.objectives.tdpo import sequential_kl, tdpo_loss
+from kdlab.divergences import get
+from kdlab.errors import ConfigError
+from kdlab.objectives.preference import DPO, FDPO, IPO, SFT, dpo_loss, fdpo_score, ipo_loss
+from kdlab.objectives.tdpo import TDPO, sequential_kl, tdpo_loss
+from kdlab.tokens import token_logps
 
 torch.manual_seed(0)
 BETA = 0.1
@@ -18,7 +20,7 @@ def log_sigmoid(x: torch.Tensor) -> torch.Tensor:
     return -torch.log1p(torch.exp(-x))
 
 
-# f(u) of METHODS §1.8, written in u, for D_f(pi || pi_ref) = E_ref f(pi / pi_ref).
+# f(u) of docs/methods.md §1.8, written in u, for D_f(pi || pi_ref) = E_ref f(pi / pi_ref).
 F_OF_U = {
     "rkl": lambda u: u * torch.log(u),
     "fkl": lambda u: -torch.log(u),
@@ -83,7 +85,7 @@ def test_fdpo_reverse_kl_is_exactly_dpo() -> None:
 
 
 def test_fdpo_alpha_limits_and_trl_mapping() -> None:
-    """α → 1 is forward KL; TRL's current α' form (u^{α'−1} − 1)/(α' − 1) is the paper's α = 1 − α' (METHODS §12.2)."""
+    """α → 1 is forward KL; TRL's current α' form (u^{α'−1} − 1)/(α' − 1) is the paper's α = 1 − α' (docs/methods.md §12.2)."""
     rho = torch.linspace(-4, 4, 17, dtype=torch.float64)
     torch.testing.assert_close(fdpo_score(rho, "alpha", alpha=1 - 1e-9), fdpo_score(rho, "fkl"), rtol=1e-6, atol=1e-6)
     for paper_alpha in (0.3, 0.5, 0.7):
@@ -111,15 +113,24 @@ def test_fdpo_is_finite_for_extreme_log_ratios(divergence: str) -> None:
 
 
 def test_unsupported_divergences_and_parameters_fail_clearly() -> None:
-    with pytest.raises(ValueError, match="f-DPO supports"):
-        DPO(divergence="tvd")
-    with pytest.raises(ValueError, match="0 < alpha < 1"):
-        DPO(divergence="alpha", alpha=1.5)
-    with pytest.raises(ValueError, match="beta"):
+    with pytest.raises(ConfigError, match=r"f-DPO takes the divergences rkl\|fkl\|js\|alpha, got Divergence\(name='tvd'"):
+        FDPO(get("tvd"), beta=0.1, exp_clamp=80.0)
+    with pytest.raises(ConfigError, match="f-DPO supports"):
+        fdpo_score(torch.zeros(1), "tvd")
+    with pytest.raises(ConfigError, match="0 < divergence.alpha < 1"):
+        FDPO(get("alpha", alpha=1.5), beta=0.1, exp_clamp=80.0)
+    with pytest.raises(ConfigError, match="beta"):
         DPO(beta=0.0)
-    with pytest.raises(ValueError, match="variant"):
-        TDPO(variant="tdpo3")
-    assert DPO(divergence="kl").divergence == "fkl"  # the library's alias
+    with pytest.raises(ConfigError, match="variant"):
+        TDPO(beta=0.1, alpha=0.5, variant="tdpo3")
+    assert FDPO(get("kl"), beta=0.1, exp_clamp=80.0).divergence.name == "fkl"  # the library's alias
+    assert DPO(beta=0.1).used_divergence() == get("rkl") and TDPO(beta=0.1, alpha=0.5, variant="tdpo2").used_divergence() == get("fkl")
+
+
+def test_fdpo_with_reverse_kl_is_dpo() -> None:
+    policy, reference, batch = lm_batch()
+    outputs = {"logits": policy, "ref_logps": plain_sequence_logps(reference, batch["labels"])}
+    torch.testing.assert_close(FDPO(get("rkl"), beta=BETA, exp_clamp=80.0)(outputs, batch)[0], DPO(beta=BETA)(outputs, batch)[0])
 
 
 def test_ipo_matches_the_paper_formula() -> None:
@@ -222,7 +233,7 @@ def test_tdpo_losses_and_stop_gradient() -> None:
 
 def test_tdpo_objective_on_logits() -> None:
     policy, reference, batch = lm_batch()
-    loss, logs = TDPO(beta=BETA, variant="tdpo1")({"logits": policy, "ref_logits": reference}, batch)
+    loss, logs = TDPO(beta=BETA, alpha=0.5, variant="tdpo1")({"logits": policy, "ref_logits": reference}, batch)
     rho = plain_sequence_logps(policy, batch["labels"]) - plain_sequence_logps(reference, batch["labels"])
     kl = brute_force_sequential_kl(policy, reference, batch["labels"])
     expected = -log_sigmoid(BETA * (rho[:3] - rho[3:] - (kl[3:] - kl[:3]))).mean()

@@ -32,7 +32,8 @@ def test_default_run_trains_teacher_once_and_repeats_exactly(outputs: Path) -> N
     assert a["teacher"]["metrics"]["acc"] > 0.5
     for key in ("test/acc", "test/teacher_acc", "test/agreement", "test/kl", "val/acc", "train/loss"):
         assert key in a["metrics"], key
-    assert a["config"]["method"] == "kd" and a["config"]["seed"] == 0
+    assert (a["method"], a["divergence"], a["divergence_params"], a["seed"]) == ("kd", "fkl", {"drop_teacher_entropy": False}, 0)
+    assert a["regime"] == "kdlab.modules.distill.DistillModule" and a["objective"]["class"] == "kdlab.objectives.hinton_kd.HintonKD"
     assert {"torch", "lightning", "hydra-core"} <= set(a["versions"])
 
     run_dir = next((outputs / "runs").glob("kd-fkl-digits_cnn-digits-s0/*"))
@@ -60,7 +61,7 @@ def test_multirun_runs_every_job(outputs: Path) -> None:
     kdlab("train", "-m", "+method=scratch", "seed=0,1", *FAST, outputs=outputs)
     runs = results_of(outputs / "multirun")
     assert sorted(r["seed"] for r in runs) == [0, 1]
-    assert all(r["method"] == "scratch" and r["teacher"] is None for r in runs)
+    assert all(r["method"] == "scratch" and r["divergence"] is None and r["teacher"] is None for r in runs)
     assert runs[0]["metrics"]["train/loss"] != runs[1]["metrics"]["train/loss"]
 
 

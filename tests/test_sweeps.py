@@ -18,6 +18,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from kdlab.devices import OneGpuPerJob, check_launcher, claim_gpu
+from kdlab.run import build_objective
+from kdlab.train import method_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "kdlab" / "conf"
@@ -25,10 +27,10 @@ SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
 
 
 def compose_with_hydra(overrides: list[str], tmp_path: Path) -> DictConfig:
-    """The job config with its `hydra` node, as a launcher sees it."""
+    """The job config with its `hydra` node, as a launcher sees it (`+method=X` read as `kdlab train` reads it)."""
     GlobalHydra.instance().clear()
     with initialize_config_module("kdlab.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, f"hydra.sweep.dir={tmp_path}", f"hydra.run.dir={tmp_path}"],
+        cfg = compose("train", overrides=[*method_overrides(overrides), f"hydra.sweep.dir={tmp_path}", f"hydra.run.dir={tmp_path}"],
                       return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     return cfg
@@ -41,11 +43,13 @@ def one_seed(axes: dict[str, list]) -> dict[str, list]:
 
 
 def assert_job(overrides: list[str], tmp_path: Path, fixed: tuple[str, ...] = ()) -> DictConfig:
-    """Compose one job of a sweep (`fixed` + `overrides`) and check that each override reached the config."""
+    """Compose one job of a sweep (`fixed` + `overrides`), check that each override reached the config and
+    that the job's objective builds as `kdlab.run` builds it (a method that cannot take the divergence fails here)."""
     cfg = compose_with_hydra([*fixed, *overrides], tmp_path)
+    build_objective(cfg, cfg.hydra.runtime.choices.method)
     for override in overrides:
         key, value = override.lstrip("+").split("=", 1)
-        actual = {"method": cfg.method, "divergence": cfg.divergence.name}.get(key, OmegaConf.select(cfg, key))
+        actual = {"method": cfg.hydra.runtime.choices.method, "divergence": cfg.divergence.name}.get(key, OmegaConf.select(cfg, key))
         assert str(actual) == value or float(actual) == pytest.approx(float(value)), (override, actual)
     return cfg
 
@@ -59,10 +63,10 @@ GRIDS = sorted(p.stem for p in (CONF / "experiment").glob("grid_*.yaml"))
 def test_grid_preset_jobs_compose(grid: str, tmp_path: Path) -> None:
     params = compose_with_hydra([f"experiment={grid}"], tmp_path).hydra.sweeper.params
     axes = {key: str(values).split(",") for key, values in params.items()}
-    assert {"+method", "divergence", "seed"} <= set(axes)
+    assert {"method", "divergence", "seed"} <= set(axes)
     assert all(seed.isdigit() for seed in axes["seed"]) and len(axes["seed"]) >= 3
     jobs = [[f"experiment={grid}", *(f"{k}={v}" for k, v in zip(axes, combo))] for combo in itertools.product(*one_seed(axes).values())]
-    assert len(jobs) == len(axes["+method"]) * len(axes["divergence"]) > 1
+    assert len(jobs) == len(axes["method"]) * len(axes["divergence"]) > 1
     for job in jobs:
         assert_job(job[1:], tmp_path, fixed=(job[0],))
 
@@ -74,15 +78,15 @@ SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
 
 @pytest.mark.parametrize("search", SEARCHES)
 def test_optuna_preset_searches_real_keys(search: str, tmp_path: Path) -> None:
-    """Every searched key exists in the config of a trial (which gets the preset's fixed `+method`)."""
+    """Every searched key exists in the config of a trial (which gets the preset's fixed `method`)."""
     sweeper = compose_with_hydra([f"hparams_search={search}"], tmp_path).hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
     fixed = [f"{key}={value}" for key, value in sweeper.params.items() if "(" not in str(value)]
-    assert fixed[0].startswith("+method="), "a preset names the method it tunes"
+    assert fixed[0].startswith("method="), "a preset names the method it tunes"
     cfg = assert_job(fixed, tmp_path, fixed=(f"hparams_search={search}",))
     assert not cfg.optimized_metric.startswith("test/"), "a search must never select on test metrics"
     for key in sweeper.params:
-        assert OmegaConf.select(cfg, key.lstrip("+")) is not None, f"{search} searches {key}, which the config lacks"
+        assert key == "method" or OmegaConf.select(cfg, key) is not None, f"{search} searches {key}, which the config lacks"
 
 
 # ---- W&B sweep files (sweeps/*.yaml) ----------------------------------------------------------------

@@ -20,9 +20,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.classification import BinaryF1Score, MulticlassMatthewsCorrCoef
 
-from kdlab.data.splits import SplitDataModule
-from kdlab.data.text import plain
-from kdlab.models.hf import load_tokenizer
+from kdlab.data.text import DataFiles, TextDataModule
 
 # task -> (text columns, number of classes, dev split)
 TASKS: dict[str, tuple[tuple[str, ...], int, str]] = {
@@ -37,7 +35,7 @@ TASKS: dict[str, tuple[tuple[str, ...], int, str]] = {
 }
 
 
-class GLUEDataModule(SplitDataModule):
+class GLUEDataModule(TextDataModule):
     """One GLUE task (see the module docstring). `path`/`name`/`data_files` go to `load_dataset`
     (`name` defaults to the task); `tokenizer` is the student's (hub name or local path)."""
 
@@ -47,38 +45,27 @@ class GLUEDataModule(SplitDataModule):
         tokenizer: str,
         path: str = "nyu-mll/glue",
         name: str | None = None,
-        data_files: str | list[str] | dict[str, str | list[str]] | None = None,
+        data_files: DataFiles = None,
         val_fraction: float = 0.1,
         max_length: int = 128,
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(batch_size, num_workers)
         if task not in TASKS:
             raise ValueError(f"unknown GLUE task {task!r}; kdlab offers {', '.join(TASKS)} (STS-B is regression)")
         if not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-        self.task, self.tokenizer_name, self.path = task, tokenizer, path
-        self.name = name if name is not None or data_files is not None else task
-        self.data_files, self.val_fraction, self.max_length, self.seed = plain(data_files), val_fraction, max_length, seed
+        super().__init__(path, tokenizer, name if name is not None or data_files is not None else task, data_files, batch_size, num_workers)
+        self.task, self.val_fraction, self.max_length, self.seed = task, val_fraction, max_length, seed
         self.columns, self.num_classes, self.dev_split = TASKS[task]
-        self.tokenizer = None
         self.encoded: dict[str, list[dict[str, list[int]]]] = {}
-
-    def _load(self):
-        import datasets  # imported here: building the data module stays cheap
-
-        return datasets.load_dataset(self.path, self.name, data_files=self.data_files)
-
-    def prepare_data(self) -> None:
-        self._load()
 
     def setup(self, stage: str | None = None) -> None:
         if self.encoded:
             return
-        self.tokenizer = load_tokenizer(self.tokenizer_name)
-        data = self._load()
+        self.load_tokenizer()
+        data = self.load()
         carved = data["train"].train_test_split(test_size=self.val_fraction, seed=self.seed)
         for split, rows in (("train", carved["train"]), ("val", carved["test"]), ("test", data[self.dev_split])):
             missing = [column for column in (*self.columns, "label") if column not in rows.column_names]

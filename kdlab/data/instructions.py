@@ -5,7 +5,7 @@ from the hub, or local `json`/`parquet`/`csv` files; `columns` renames the three
 `context` column means no context). The prompt is the MiniLLM/DistiLLM (Alpaca) template, the one
 with an `### Input:` section when the row has a context; the loss reads response tokens only.
 
-Batches (`kdlab.data.text` layout): `input_ids, attention_mask, labels [B, L]` (labels -100 on
+Batches (`kdlab.data.text` layout): `input_ids, attention_mask, labels [B, L]` (labels `IGNORE_INDEX` on
 prompt and padding), `prompt_ids, prompt_mask [B, P]` (left-padded, for on-policy generation) and
 `index [B]`. For evaluation: `eval_prompts(split, n)` (the first n prompts of a split, left-padded)
 and `references(split, n)` (their reference responses, for ROUGE-L).
@@ -15,9 +15,7 @@ from collections.abc import Mapping
 
 import torch
 
-from kdlab.data.splits import SplitDataModule
-from kdlab.data.text import collate_examples, encode_example, encoder, left_pad, plain
-from kdlab.models.hf import load_tokenizer
+from kdlab.data.text import DataFiles, TextDataModule, collate_examples, encode_example, left_pad
 
 # MiniLLM's `tools/process_data_dolly.py` (Gu et al. 2024), which DistiLLM and ABKD reuse.
 TEMPLATE = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
@@ -27,7 +25,7 @@ TEMPLATE_WITH_CONTEXT = (
 )
 
 
-class InstructionDataModule(SplitDataModule):
+class InstructionDataModule(TextDataModule):
     """Instruction/response pairs, tokenised with the student's tokenizer (see the module docstring).
 
     `splits` maps kdlab's `train`/`val`/`test` to the dataset's split names; a `val` or `test` of
@@ -40,7 +38,7 @@ class InstructionDataModule(SplitDataModule):
         path: str,
         tokenizer: str,
         name: str | None = None,
-        data_files: str | list[str] | dict[str, str | list[str]] | None = None,
+        data_files: DataFiles = None,
         columns: Mapping[str, str] | None = None,
         splits: Mapping[str, str | None] | None = None,
         val_size: int = 500,
@@ -53,35 +51,25 @@ class InstructionDataModule(SplitDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(batch_size, num_workers)
+        super().__init__(path, tokenizer, name, data_files, batch_size, num_workers)
         for key, text in (("template", template), ("template_with_context", template_with_context)):
             if "{instruction}" not in text:
                 raise ValueError(f"{key} must contain {{instruction}}, got {text!r}")
         if not 0 < max_prompt_length < max_length:
             raise ValueError(f"need 0 < max_prompt_length < max_length, got {max_prompt_length} and {max_length}")
-        self.path, self.name, self.data_files, self.tokenizer_name = path, name, plain(data_files), tokenizer
         self.columns = {"instruction": "instruction", "context": "context", "response": "response"} | dict(columns or {})
         self.splits = {"train": "train", "val": None, "test": None} | dict(splits or {})
         self.val_size, self.test_size, self.seed = val_size, test_size, seed
         self.template, self.template_with_context = template, template_with_context
         self.max_prompt_length, self.max_length = max_prompt_length, max_length
-        self.tokenizer = None
         self.examples: dict[str, list[dict[str, list[int]]]] = {}
         self.texts: dict[str, list[str]] = {}
-
-    def _load(self):
-        import datasets  # imported here: building the data module stays cheap
-
-        return datasets.load_dataset(self.path, self.name, data_files=self.data_files)
-
-    def prepare_data(self) -> None:
-        self._load()  # download once (process 0); `setup` then reads the local cache
 
     def setup(self, stage: str | None = None) -> None:
         if self.examples:
             return
-        self.tokenizer = load_tokenizer(self.tokenizer_name)
-        data = self._load()
+        self.load_tokenizer()
+        data = self.load()
         sources = {split: data[name] for split, name in self.splits.items() if name is not None}
         carved = [split for split in ("val", "test") if self.splits[split] is None]
         if carved:
@@ -109,7 +97,7 @@ class InstructionDataModule(SplitDataModule):
         if missing:
             raise ValueError(f"the {split} split of {self.path} has no column {', '.join(map(repr, missing))} "
                              f"(columns: {rows.column_names}); map yours with dataset.datamodule.columns")
-        encode = encoder(self.tokenizer)
+        encode = self.encode
         examples, references = [], []
         for row in rows:
             response = row[self.columns["response"]]
@@ -121,21 +109,6 @@ class InstructionDataModule(SplitDataModule):
         if not examples:
             raise ValueError(f"no row with a response in the {split} split of {self.path}")
         return examples, references
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tokenizer)
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.tokenizer.eos_token_id
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.tokenizer.pad_token_id
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def split_dataset(self, split: str) -> list[tuple[int, dict[str, list[int]]]]:
         return list(enumerate(self.examples[split]))

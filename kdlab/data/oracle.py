@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from kdlab.data.splits import SplitDataModule
 from kdlab.oracle.lm import continue_sequences, oracle_lm, sample_sequences, sequence_length, teacher_lm
+from kdlab.tokens import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 SPLITS = ("train", "val", "test")
 
 

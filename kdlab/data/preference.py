@@ -11,10 +11,11 @@ A bad pair — an empty response, `chosen == rejected`, or (hh) two conversation
 the last answer — raises a ValueError naming the row (`on_bad_pair="error"`), or is dropped and
 counted in `skipped[split]` (`"skip"`). A missing column always raises.
 
-Batches: `input_ids, attention_mask, labels [2B, L]` (B chosen rows, then the B rejected rows;
-right padding; labels -100 on prompt and padding) and `index [B]` (the pair's position in its split).
+Batches (`kdlab.data.text` layout): `input_ids, attention_mask, labels [2B, L]` (B chosen rows,
+then the B rejected rows; right padding; labels `IGNORE_INDEX` on prompt and padding), their
+prompts `prompt_ids, prompt_mask [2B, P]`, and `index [B]` (the pair's position in its split).
 Each sequence is `prompt + response + EOS`, the prompt cut from the left to `max_prompt_length`
-tokens, the response then cut to fit `max_length`.
+tokens, the response then cut to fit `max_length` (`kdlab.data.text.encode_example`).
 """
 
 import logging
@@ -22,9 +23,8 @@ from collections.abc import Mapping
 
 import torch
 
-from kdlab.data.splits import SplitDataModule
+from kdlab.data.text import DataFiles, TextDataModule, collate_examples, encode_example, left_pad
 
-IGNORE_INDEX = -100
 HH_ASSISTANT = "\n\nAssistant:"
 LAYOUTS = ("explicit", "hh")
 log = logging.getLogger(__name__)
@@ -50,13 +50,13 @@ def parse_pair(row: Mapping[str, str], layout: str, columns: Mapping[str, str]) 
     return prompt, chosen, rejected
 
 
-class PreferenceDataModule(SplitDataModule):
+class PreferenceDataModule(TextDataModule):
     """Preference data for `PolicyModule` (see the module docstring for layouts, bad pairs and batches).
 
     `splits` maps kdlab's `train`/`val`/`test` to the dataset's split names; a `val` of None is carved
     from train (`val_fraction`, seeded). `tokenizer` is the policy's (hub name or local path),
     loaded in `setup`; without a pad token, EOS pads. `eval_prompts(split, n)` gives the first n
-    prompts of a split, left-padded, for sampling from the policy.
+    prompts of a split (cycling when it has fewer), left-padded, for sampling from the policy.
     """
 
     def __init__(
@@ -64,7 +64,7 @@ class PreferenceDataModule(SplitDataModule):
         path: str,
         tokenizer: str,
         name: str | None = None,
-        data_files: str | list[str] | dict[str, str | list[str]] | None = None,
+        data_files: DataFiles = None,
         layout: str = "explicit",
         columns: Mapping[str, str] | None = None,
         splits: Mapping[str, str | None] | None = None,
@@ -76,40 +76,26 @@ class PreferenceDataModule(SplitDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(batch_size, num_workers)
+        super().__init__(path, tokenizer, name, data_files, batch_size, num_workers)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if on_bad_pair not in ("error", "skip"):
             raise ValueError(f"on_bad_pair must be 'error' or 'skip', got {on_bad_pair!r}")
         if not 0 < max_prompt_length < max_length:
             raise ValueError(f"need 0 < max_prompt_length < max_length, got {max_prompt_length} and {max_length}")
-        self.path, self.name, self.data_files, self.tokenizer_name = path, name, data_files, tokenizer
         self.layout = layout
         self.columns = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"} | dict(columns or {})
         self.splits = {"train": "train", "val": None, "test": "test"} | dict(splits or {})
         self.val_fraction, self.max_prompt_length, self.max_length = val_fraction, max_prompt_length, max_length
         self.on_bad_pair, self.seed = on_bad_pair, seed
-        self.tokenizer = None
         self.pairs: dict[str, list[dict[str, list[int]]]] = {}
         self.skipped: dict[str, int] = {}
-
-    def _load(self):
-        import datasets  # imported here: building the data module stays cheap
-
-        return datasets.load_dataset(self.path, self.name, data_files=self.data_files)
-
-    def prepare_data(self) -> None:
-        self._load()  # download once (process 0); `setup` then reads the local cache
 
     def setup(self, stage: str | None = None) -> None:
         if self.pairs:
             return
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_name)
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        data = self._load()
+        self.load_tokenizer()
+        data = self.load()
         if self.splits["val"] is None:
             carved = data[self.splits["train"]].train_test_split(test_size=self.val_fraction, seed=self.seed)
             sources = {"train": carved["train"], "val": carved["test"], "test": data[self.splits["test"]]}
@@ -142,49 +128,21 @@ class PreferenceDataModule(SplitDataModule):
         return pairs
 
     def _encode(self, prompt: str, chosen: str, rejected: str) -> dict[str, list[int]]:
-        encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-        prompt_ids = encode(prompt)[-self.max_prompt_length :]
-        room = self.max_length - len(prompt_ids)
-        responses = {key: (encode(text) + [self.tokenizer.eos_token_id])[:room] for key, text in (("chosen", chosen), ("rejected", rejected))}
-        if responses["chosen"] == responses["rejected"]:
+        """`{"prompt", "chosen", "rejected"}` ids; ValueError when truncation makes the responses equal."""
+        prompt_ids = self.encode(prompt)
+        examples = {key: encode_example(prompt_ids, self.encode(text), self.eos_token_id, self.max_prompt_length, self.max_length)
+                    for key, text in (("chosen", chosen), ("rejected", rejected))}
+        if examples["chosen"]["response"] == examples["rejected"]["response"]:
             raise ValueError("chosen = rejected after tokenisation and truncation")
-        return {"prompt": prompt_ids} | responses
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tokenizer)
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.tokenizer.eos_token_id
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.tokenizer.pad_token_id
+        return {"prompt": examples["chosen"]["prompt"]} | {key: example["response"] for key, example in examples.items()}
 
     def collate(self, items: list[tuple[int, dict[str, list[int]]]]) -> dict[str, torch.Tensor]:
-        rows = [(pair["prompt"], pair[key]) for key in ("chosen", "rejected") for _, pair in items]
-        length = max(len(prompt) + len(response) for prompt, response in rows)
-        input_ids = torch.full((len(rows), length), self.pad_token_id)
-        labels = torch.full((len(rows), length), IGNORE_INDEX)
-        attention_mask = torch.zeros(len(rows), length, dtype=torch.long)
-        for row, (prompt, response) in enumerate(rows):
-            end = len(prompt) + len(response)
-            input_ids[row, :end] = torch.tensor(prompt + response)
-            labels[row, len(prompt) : end] = torch.tensor(response)
-            attention_mask[row, :end] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-                "index": torch.tensor([index for index, _ in items])}
+        rows = [{"prompt": pair["prompt"], "response": pair[key]} for key in ("chosen", "rejected") for _, pair in items]
+        return collate_examples(rows, self.pad_token_id) | {"index": torch.tensor([index for index, _ in items])}
 
     def split_dataset(self, split: str) -> list[tuple[int, dict[str, list[int]]]]:
         return list(enumerate(self.pairs[split]))
 
     def eval_prompts(self, split: str, n: int) -> dict[str, torch.Tensor]:
-        prompts = [self.pairs[split][i % len(self.pairs[split])]["prompt"] for i in range(n)]
-        length = max(map(len, prompts))
-        input_ids = torch.full((n, length), self.pad_token_id)
-        attention_mask = torch.zeros(n, length, dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, length - len(prompt) :] = torch.tensor(prompt)
-            attention_mask[row, length - len(prompt) :] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        pairs = self.pairs[split]
+        return left_pad([pairs[i % len(pairs)]["prompt"] for i in range(n)], self.pad_token_id)

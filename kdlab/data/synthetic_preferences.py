@@ -38,10 +38,10 @@ class SyntheticPreferenceDataModule(SplitDataModule):
     """Known-reward preference pairs in `kdlab.data.preference`'s batch layout.
 
     Batches: `input_ids, attention_mask, labels [2B, 1+T]` (B chosen rows, then B rejected; the
-    prompt token's label is -100) and `index [B]`. Pairs whose two responses are identical carry no
+    prompt token's label is `IGNORE_INDEX`) and `index [B]`. Pairs whose two responses are identical carry no
     preference: `on_bad_pair="skip"` (default here: with a small vocabulary they occur by chance)
     drops and counts them, `"error"` raises. For `PolicyModule`'s evaluation: `eval_prompts(split, n)`
-    (n copies of the prompt token) and `score(responses)` -> `{"reward": mean true reward,
+    (`prompt_ids, prompt_mask`: n copies of the prompt token) and `score(responses)` -> `{"reward": mean true reward,
     "modes": modes reached by ≥ 1% of the responses}`.
     """
 
@@ -108,7 +108,7 @@ class SyntheticPreferenceDataModule(SplitDataModule):
 
     def eval_prompts(self, split: str, n: int) -> dict[str, torch.Tensor]:
         prompts = torch.full((n, 1), self.task.bos)
-        return {"input_ids": prompts, "attention_mask": torch.ones_like(prompts)}
+        return {"prompt_ids": prompts, "prompt_mask": torch.ones_like(prompts)}
 
     def score(self, responses: torch.Tensor) -> dict[str, torch.Tensor]:
         responses = responses.cpu()

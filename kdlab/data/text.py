@@ -1,35 +1,34 @@
-"""Prompt + response text in the layout of kdlab's LM regimes (distillation, SFT, preference pairs).
+"""Text from Hugging Face `datasets` in the layout of kdlab's LM regimes (distillation, SFT,
+preference pairs), and the datamodule base every text dataset shares (`TextDataModule`).
 
 One example is a token-id prompt and a token-id response; `encode_example` builds it (prompt cut
 from the left, response cut to fit, EOS appended), `collate_examples` batches examples as
 
 - `input_ids, attention_mask [B, L]`: prompt + response, right-padded;
-- `labels [B, L]`: the response ids, -100 on prompt and padding (the loss reads response tokens only;
-  with the causal shift, logits at t predict `labels[t+1]`);
+- `labels [B, L]`: the response ids, `IGNORE_INDEX` on prompt and padding (the loss reads response
+  tokens only; with the causal shift, logits at t predict `labels[t+1]`);
 - `prompt_ids, prompt_mask [B, P]`: the prompts alone, left-padded, ready for `generate`;
 
 and `left_pad` pads prompts for generation. Preference pairs are two examples that share a prompt.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-IGNORE_INDEX = -100
-Encode = Callable[[str], list[int]]
+from kdlab.data.splits import SplitDataModule
+from kdlab.models.hf import load_tokenizer
+from kdlab.tokens import IGNORE_INDEX
+
+DataFiles = str | list[str] | dict[str, str | list[str]] | None  # `datasets.load_dataset(data_files=...)`: split -> file(s)
 
 
 def plain(value: Any) -> Any:
     """A Hydra config value as plain Python (dicts, lists): `datasets.load_dataset(data_files=...)`
     reads a `DictConfig` of split -> file as a list of file names."""
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
-
-
-def encoder(tokenizer) -> Encode:
-    """`text -> ids` without special tokens (templates carry their own structure)."""
-    return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def encode_example(
@@ -69,3 +68,53 @@ def collate_examples(examples: Sequence[dict[str, list[int]]], pad_token_id: int
         attention_mask[row, :end] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
             **left_pad([e["prompt"] for e in examples], pad_token_id)}
+
+
+class TextDataModule(SplitDataModule):
+    """A datamodule over `datasets.load_dataset(path, name, data_files=...)` — a hub dataset, or local
+    `json`/`parquet`/`csv` files — tokenised with `tokenizer` (hub name or directory, loaded in
+    `setup` by `load_tokenizer`: without a pad token, EOS pads). Subclasses encode the rows."""
+
+    def __init__(
+        self,
+        path: str,
+        tokenizer: str,
+        name: str | None,
+        data_files: DataFiles,
+        batch_size: int,
+        num_workers: int,
+    ) -> None:
+        super().__init__(batch_size, num_workers)
+        self.path, self.name, self.data_files, self.tokenizer_name = path, name, plain(data_files), tokenizer
+        self.tokenizer = None
+
+    def load(self):
+        """The dataset's splits (`datasets.DatasetDict`)."""
+        import datasets  # imported here: building the data module stays cheap
+
+        return datasets.load_dataset(self.path, self.name, data_files=self.data_files)
+
+    def prepare_data(self) -> None:
+        self.load()  # download once (process 0); `setup` then reads the local cache
+
+    def load_tokenizer(self) -> None:
+        self.tokenizer = load_tokenizer(self.tokenizer_name)
+
+    def encode(self, text: str) -> list[int]:
+        """`text -> ids` without special tokens (templates carry their own structure)."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -8,6 +8,9 @@ accumulation, registered by name with `@divergence(name)`. `get(name, **params)`
 of per-position ones; `sinkhorn` is batch-level.
 """
 
+import importlib
+import pkgutil
+
 # Importing the modules registers their divergences, in this order (the order `kdlab list` prints).
 from kdlab.divergences.kl import fkl, jeffreys, rkl
 from kdlab.divergences.mixture import gjsd, js, skl, srkl
@@ -17,6 +20,10 @@ from kdlab.divergences.fdiv import F_FUNCTIONS, fdiv
 from kdlab.divergences.sinkhorn import entropic_plan, sinkhorn
 from kdlab.divergences.chunked import chunked
 from kdlab.divergences.registry import ALIASES, REGISTRY, Divergence, canonical, describe, divergence, get, parameters
+
+# Every other module of the package too: a divergence in a new file registers without a line here.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "ALIASES",

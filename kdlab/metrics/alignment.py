@@ -7,7 +7,7 @@
   equal-width bins, as the f-DPO paper reports; every pair counts in both orders, `(p, 1)` and
   `(1 − p, 0)`, so that the arbitrary chosen-first layout does not make an uninformed p = 1/2 look miscalibrated).
 - `sample_metrics` on responses sampled from the policy: sequence KL to the reference (k1 and k3
-  estimators, METHODS §1.13), entropy, distinct-n.
+  estimators, docs/methods.md §1.13), entropy, distinct-n.
 """
 
 from collections.abc import Sequence

@@ -20,8 +20,8 @@ from torchmetrics import MeanMetric, Metric
 
 from kdlab.divergences import get
 from kdlab.models.hf import lm_forward
+from kdlab.tokens import scored
 
-IGNORE_INDEX = -100
 DIVERGENCES = {"fkl": "fkl", "rkl": "rkl", "tvd": "tvd"}
 
 
@@ -67,15 +67,15 @@ class TokenPanel(nn.Module):
 @torch.no_grad()
 def token_kl_sums(sequences: dict[str, Tensor], a: nn.Module, b: nn.Module, vocab_size: int, batch_size: int = 8) -> Tensor:
     """`Σ_t KL(a_t ‖ b_t)` over the response tokens of each sequence `[N]`, teacher-forced on the
-    sequences' tokens (`sequences` = `input_ids, attention_mask, labels [N, L]`, labels -100 off the
+    sequences' tokens (`sequences` = `input_ids, attention_mask, labels [N, L]`, labels `IGNORE_INDEX` off the
     response), `batch_size` sequences at a time."""
     sums = []
     for rows in torch.arange(len(sequences["input_ids"])).split(batch_size):
         ids, mask = sequences["input_ids"][rows], sequences["attention_mask"][rows]
-        scored = sequences["labels"][rows, 1:] != IGNORE_INDEX
+        response = scored(sequences["labels"][rows, 1:])
         log_a = lm_forward(a, ids, mask)[:, :-1, :vocab_size].float().log_softmax(-1)
         log_b = lm_forward(b, ids, mask)[:, :-1, :vocab_size].float().log_softmax(-1)
-        sums.append(((log_a.exp() * (log_a - log_b)).sum(-1) * scored).sum(-1))
+        sums.append(((log_a.exp() * (log_a - log_b)).sum(-1) * response).sum(-1))
     return torch.cat(sums)
 
 

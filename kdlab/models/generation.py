@@ -4,7 +4,7 @@ import torch
 from torch import nn
 from transformers import GenerationConfig
 
-IGNORE_INDEX = -100
+from kdlab.tokens import IGNORE_INDEX
 
 
 @torch.no_grad()
@@ -23,7 +23,7 @@ def sample_responses(
     Prompts are left-padded `[N, P]` with `prompt_mask` 1 on real tokens. Generation stops at
     `eos_token_id` (kept as the response's last token) or after `max_new_tokens`. Returns:
     `input_ids, attention_mask [N, P+T]` (prompt + response, padding masked), `labels [N, P+T]`
-    (-100 on prompt and padding: the layout of `kdlab.objectives.preference.token_logps`), and
+    (`IGNORE_INDEX` on prompt and padding: the layout of `kdlab.tokens.token_logps`), and
     `responses [N, T]` (the response tokens, `pad_token_id` after the end). Uses torch's global RNG.
     A model that can end its responses needs `pad_token_id` beside `eos_token_id`.
     """

@@ -1,19 +1,23 @@
-"""What every kdlab LightningModule shares: optimiser set-up, the finite-loss guard, metric logging."""
+"""The skeleton every kdlab regime shares: steps, epochs, the NaN guard, logging, frozen models,
+checkpoints, the objective's preparation and the export of Hugging Face models.
+
+A regime (`DistillModule`, `TeacherModule`, `OnlineDistillModule`, `LMDistillModule`,
+`PolicyModule`) writes only what differs: its forward passes (`model_outputs`), its evaluation
+metrics (`evaluate`, `epoch_metrics`) and the checks of its models (`check_models`).
+"""
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
 import torch
 from torch import nn
 
-from omegaconf import DictConfig
-
-from kdlab.checks import check_features, check_label_spaces
-from kdlab.metrics import ClassificationPanel
+from kdlab.objectives.base import Objective, PrepareContext
 from kdlab.objectives.progress import Progress
 
-Objective = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+Batch = dict[str, Any]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -21,29 +25,161 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TrainingModule(L.LightningModule):
-    """What every kdlab regime shares: the optimiser (and scheduler) built from Hydra partials over
-    `trainable_parameters()`, and the finite-loss guard. `teacher_role` tells `kdlab.run` what the
-    regime needs: None (no teacher), "frozen" (a trained teacher from the cache, never updated),
-    "online" (a fresh teacher trained alongside) or "pretrained" (the teacher model as built from
-    its config — a pretrained LM — frozen, never trained by the cache)."""
+    """Trains `model` with `objective(outputs, batch) -> (loss, logs)`.
+
+    `optimizer` and `scheduler` are partials (Hydra `_partial_: true`) that take the parameters /
+    the optimizer; the optimiser trains `trainable_parameters()` (the model's and the objective's
+    own, e.g. an auxiliary head). `objective.prepare(context)` runs once when fitting starts, before
+    the optimiser is built and a checkpoint restored, with a `PrepareContext` (models, number of
+    classes, device, training loader): objectives never reach into the Trainer.
+
+    Steps: `training_step` calls `training_batch(batch)` (a regime may replace the batch, e.g. by
+    sampled responses, and log what it did), then `model_outputs(batch, "train")`, adds
+    `outputs["progress"]` (a `Progress(epoch, max_epochs)` for warm-ups and schedules), takes the
+    loss, stops the run on a non-finite loss (`NonFiniteLossError` naming the step and the term),
+    and logs `train/loss` and `train/<term>`. Validation and test batches go to
+    `evaluate(batch, split)`; at the end of their epoch `epoch_metrics(split)` is logged as
+    `<split>/<name>`.
+
+    Frozen sub-models (`freeze(name, model)`: a distillation teacher, a policy's reference) have no
+    gradient, stay in eval mode when the module trains, are never optimised and are left out of
+    checkpoints (the run rebuilds them; loading is not strict). `teacher_role` tells `kdlab.run` what
+    the regime needs: None (no teacher), "frozen" (a trained teacher from the cache), "online" (a
+    fresh teacher trained alongside) or "pretrained" (the teacher model as built from its config).
+    After fitting, a model with `save_pretrained` (Hugging Face) is saved with the datamodule's
+    tokenizer in `<run dir>/<export_dir>` when the regime sets `export_dir`.
+    """
 
     teacher_role: ClassVar[str | None] = None
+    export_dir: ClassVar[str | None] = None
 
-    def __init__(self, optimizer: Callable[..., torch.optim.Optimizer], scheduler: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        num_classes: int | None,
+        scheduler: Callable[..., Any] | None = None,
+    ) -> None:
         super().__init__()
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        self.model = model
+        self.objective = objective
+        self.num_classes = num_classes
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.frozen: list[str] = []
+        self.objective_prepared = False
+
+    # ---- models ---------------------------------------------------------------------------------
+    def freeze(self, name: str, model: nn.Module) -> None:
+        """Hold `model` as the frozen sub-model `self.<name>` (see the class docstring)."""
+        setattr(self, name, model.requires_grad_(False).eval())
+        self.frozen.append(name)
+        self.strict_loading = False
+
+    def train(self, mode: bool = True) -> "TrainingModule":
+        super().train(mode)
+        for name in self.frozen:
+            getattr(self, name).eval()
+        return self
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """The trained model's parameters and the objective's (e.g. an auxiliary head)."""
+        """The trained model's parameters and the objective's."""
         yield from self.model.parameters()
         yield from self.objective.parameters()
 
+    def on_fit_start(self) -> None:
+        self.model.train()  # `from_pretrained` returns models in eval mode
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.frozen:
+            prefixes = tuple(f"{name}." for name in self.frozen)
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes)}
+
+    def on_fit_end(self) -> None:
+        if self.export_dir is None or not self.trainer.is_global_zero or not hasattr(self.model, "save_pretrained"):
+            return
+        directory = Path(self.trainer.default_root_dir) / self.export_dir
+        self.model.save_pretrained(directory)
+        tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(directory)
+
+    # ---- set-up ---------------------------------------------------------------------------------
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.trainable_parameters())
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and not self.objective_prepared:
+            self.objective.prepare(self.prepare_context())
+            self.objective_prepared = True  # a second `fit` of this module keeps what was learned
+
+    def prepare_context(self) -> PrepareContext:
+        return PrepareContext(
+            model=self.model,
+            teacher=getattr(self, "teacher", None),
+            num_classes=self.num_classes,
+            device=self.trainer.strategy.root_device,
+            train_loader=self.trainer.datamodule.train_dataloader,
+            trainable_parameters=lambda: list(self.trainable_parameters()),
+        )
+
+    # ---- what a regime writes ------------------------------------------------------------------
+    @classmethod
+    def check_models(
+        cls, datamodule: L.LightningDataModule, num_classes: int | None, student: nn.Module, teacher: nn.Module | None, objective: Objective
+    ) -> None:
+        """Fail before any training when the models do not fit the data, each other or the objective."""
+
+    def model_outputs(self, batch: Batch, split: str) -> dict[str, Any]:
+        """The objective's `outputs` for one batch of `split` ("train", "val" or "test")."""
+        raise NotImplementedError
+
+    def batch_size(self, batch: Batch) -> int:
+        """How many samples the batch holds (the weight of its logged values)."""
+        raise NotImplementedError
+
+    def training_batch(self, batch: Batch) -> tuple[Batch, dict[str, float]]:
+        """The batch the training loss is taken on, and values to log about it (default: the batch as given)."""
+        return batch, {}
+
+    def evaluate(self, batch: Batch, split: str) -> None:
+        """Update the epoch metrics of `split` with one batch."""
+        raise NotImplementedError
+
+    def epoch_metrics(self, split: str) -> dict[str, torch.Tensor | float]:
+        """The metrics of the finished epoch of `split` (and reset them for the next one)."""
+        raise NotImplementedError
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        batch, batch_logs = self.training_batch(batch)
+        outputs = self.model_outputs(batch, "train") | {"progress": Progress(self.current_epoch, self.trainer.max_epochs)}
+        loss, logs = self.objective(outputs, batch)
+        self.check_finite(loss, logs)
+        size = self.batch_size(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log_dict({f"train/{name}": value for name, value in (logs | batch_logs).items()}, batch_size=size)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self.evaluate(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self.evaluate(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_epoch("test")
+
+    def log_epoch(self, split: str) -> None:
+        values = self.epoch_metrics(split)
+        if values:
+            self.log_dict({f"{split}/{name}": value for name, value in values.items()}, prog_bar=split == "val", sync_dist=True)
 
     def check_finite(self, loss: torch.Tensor, logs: dict[str, torch.Tensor]) -> None:
         """Stop the run when the loss is NaN/inf, saying at which step and which term caused it."""
@@ -55,122 +191,3 @@ class TrainingModule(L.LightningModule):
             f"non-finite training loss {loss.item()} at global step {self.global_step} "
             f"(epoch {self.current_epoch}); non-finite terms: {cause}"
         )
-
-
-class ClassifierModule(TrainingModule):
-    """Base of the classification regimes.
-
-    Subclasses implement `model_outputs(batch) -> {"logits": [B, C], ...}`. The objective turns
-    outputs into `(loss, logs)`; its own parameters (auxiliary heads, projectors) are trained with
-    the model's.
-
-    What an objective may ask for beyond logits (the whole mechanism; nothing else is passed):
-    - `needs_features: ClassVar[bool]` on the objective: every model is called with
-      `return_features=True`, and outputs gain `"features"` (and `"teacher_features"`), the dict
-      `{"penultimate": [B, d], "stages": [...]}` of kdlab vision models;
-    - `outputs["progress"]`: a `Progress(epoch, max_epochs)` in every training step (warm-ups, schedules);
-    - `objective.prepare(module)`, if defined: called once when fitting starts, before the optimiser
-      is built and before a checkpoint is restored, to size layers and buffers from the models and
-      the data (`module.model`, `module.teacher`, `module.num_classes`, `module.trainer.datamodule`,
-      `module.example_features(model)`) and to compute statistics (e.g. ND's teacher class means).
-
-    `optimizer` and `scheduler` are partials (Hydra `_partial_: true`) that take the
-    parameters / the optimizer. Logged: `train/loss`, `train/<term>` per objective term,
-    `<split>/<metric>` per evaluation metric; a datamodule with `task_metrics()` (GLUE: F1, Matthews
-    correlation) adds its metrics of the predicted classes, logged the same way.
-    """
-
-    def __init__(
-        self,
-        objective: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        num_classes: int,
-        scheduler: Callable[..., Any] | None = None,
-    ) -> None:
-        super().__init__(optimizer, scheduler)
-        self.objective = objective
-        self.num_classes = num_classes
-        self.objective_prepared = False
-        self.metrics = nn.ModuleDict({split: ClassificationPanel(num_classes) for split in ("val", "test")})
-        self.task_metrics = nn.ModuleDict()
-
-    def model_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def run_model(self, model: nn.Module, inputs: torch.Tensor, prefix: str = "") -> dict[str, Any]:
-        """`{prefix + "logits": [B, C]}`, plus `prefix + "features"` when the objective needs features."""
-        if not getattr(self.objective, "needs_features", False):
-            return {f"{prefix}logits": model(inputs)}
-        logits, features = model(inputs, return_features=True)
-        return {f"{prefix}logits": logits, f"{prefix}features": features}
-
-    def setup(self, stage: str) -> None:
-        task_metrics = getattr(self.trainer.datamodule, "task_metrics", None)
-        if task_metrics is not None and not self.task_metrics:
-            self.task_metrics = nn.ModuleDict({split: nn.ModuleDict(task_metrics()) for split in ("val", "test")})
-        if stage == "fit" and hasattr(self.objective, "prepare") and not self.objective_prepared:
-            self.objective.prepare(self)
-            self.objective_prepared = True  # a second `fit` of this module keeps what was learned
-
-    def example_features(self, model: nn.Module) -> dict[str, Any]:
-        """`model`'s feature dict on two training inputs (eval mode, no grad), for sizing layers in
-        `prepare`. The draw does not disturb the random state that training then uses."""
-        datamodule = self.trainer.datamodule
-        with torch.random.fork_rng(devices=[]):
-            inputs = next(iter(datamodule.train_dataloader()))["input"][:2]
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            _, features = model(inputs.to(next(model.parameters()).device), return_features=True)
-        model.train(was_training)
-        return features
-
-    @classmethod
-    def check_models(
-        cls,
-        datamodule: L.LightningDataModule,
-        dataset: DictConfig,
-        student: nn.Module,
-        teacher: nn.Module | None,
-        objective: nn.Module | None = None,
-    ) -> None:
-        """Fail before any training when the models do not fit the data, each other or the objective."""
-        check_label_spaces(datamodule, dataset.num_classes, student, teacher)
-        if getattr(objective, "needs_features", False):
-            check_features(type(objective).__name__, student, teacher)
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        outputs = self.model_outputs(batch) | {"progress": Progress(self.current_epoch, self.trainer.max_epochs)}
-        loss, logs = self.objective(outputs, batch)
-        self.check_finite(loss, logs)
-        batch_size = len(batch["label"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log_dict({f"train/{name}": value for name, value in logs.items()}, batch_size=batch_size)
-        return loss
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._update_metrics("val", batch)
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._update_metrics("test", batch)
-
-    def _update_metrics(self, split: str, batch: dict[str, torch.Tensor]) -> None:
-        outputs = self.model_outputs(batch)
-        self.metrics[split].update(outputs["logits"], batch["label"], outputs.get("teacher_logits"))
-        for metric in self.task_metrics[split].values() if self.task_metrics else ():
-            metric.update(outputs["logits"].argmax(dim=-1), batch["label"])
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
-
-    def _log_metrics(self, split: str) -> None:
-        values = self.metrics[split].compute()
-        if self.task_metrics:
-            values |= {name: metric.compute() for name, metric in self.task_metrics[split].items()}
-            for metric in self.task_metrics[split].values():
-                metric.reset()
-        self.log_dict({f"{split}/{name}": value for name, value in values.items()}, prog_bar=split == "val")
-        self.metrics[split].reset()

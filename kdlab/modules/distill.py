@@ -5,33 +5,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdlab.modules.base import ClassifierModule
+from kdlab.modules.base import Batch
+from kdlab.modules.classification import ClassifierModule
 
 
 class DistillModule(ClassifierModule):
     """Trains `model` (the student) with `objective(outputs, batch)` where outputs hold the
     student's `logits` and the frozen teacher's `teacher_logits` (both `[B, C]`).
 
-    The teacher stays in eval mode (also when Lightning switches the module to train mode),
-    runs under `torch.no_grad`, has `requires_grad=False` and is never given to the optimiser.
+    The teacher is frozen (`freeze`): eval mode, `requires_grad=False`, run under `torch.no_grad`,
+    never given to the optimiser, left out of checkpoints (the run takes it from the teacher cache).
     """
 
     teacher_role = "frozen"
 
-    def __init__(self, model: nn.Module, teacher: nn.Module, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.model = model
-        self.teacher = teacher.requires_grad_(False).eval()
+    def __init__(self, model: nn.Module, teacher: nn.Module, **kwargs: Any) -> None:
+        super().__init__(model=model, **kwargs)
+        self.freeze("teacher", teacher)
 
-    def train(self, mode: bool = True) -> "DistillModule":
-        super().train(mode)
-        self.teacher.eval()
-        return self
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(inputs)
-
-    def model_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def model_outputs(self, batch: Batch, split: str) -> dict[str, Any]:
         with torch.no_grad():
             teacher = self.run_model(self.teacher, batch["input"], prefix="teacher_")
         return self.run_model(self.model, batch["input"]) | teacher

@@ -1,36 +1,34 @@
 """Distillation of causal language models: a frozen pretrained teacher LM guides a student LM."""
 
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig
 from torch import nn
 
-from kdlab.metrics.lm import IGNORE_INDEX, TokenPanel, rouge_l, sequence_kl
+from kdlab.errors import ConfigError
+from kdlab.metrics.lm import TokenPanel, rouge_l, sequence_kl
 from kdlab.models.generation import sample_responses
 from kdlab.models.hf import check_fusable, check_same_vocabulary, lm_forward, lm_hidden, load_tokenizer, output_rows
-from kdlab.modules.base import TrainingModule
+from kdlab.modules.base import Batch, TrainingModule
 from kdlab.modules.lm_sources import DatasetResponses
+from kdlab.objectives.base import Objective
 from kdlab.objectives.token_kd import TokenKD
-
-STUDENT_DIR = "student"
-SEQUENCE_DIVERGENCES = ("fkl", "rkl")
+from kdlab.tokens import scored
 
 
 class LMDistillModule(TrainingModule):
     """Trains `model` (the student causal LM) on `objective(outputs, batch)` — token-level KD
-    (`kdlab.objectives.TokenKD`) — against `teacher`, a pretrained causal LM used as given: eval
-    mode, `requires_grad=False`, run under `torch.no_grad`, never optimised, left out of checkpoints.
+    (`kdlab.objectives.token_kd.TokenKD`) — against `teacher`, a pretrained causal LM used as given
+    (frozen: eval mode, `requires_grad=False`, run under `torch.no_grad`, left out of checkpoints).
 
-    Batches (`kdlab.data.text` layout): `input_ids, attention_mask, labels [B, L]` (labels -100 on
+    Batches (`kdlab.data.text` layout): `input_ids, attention_mask, labels [B, L]` (labels `IGNORE_INDEX` on
     prompt and padding), `prompt_ids, prompt_mask [B, P]` (left-padded prompts) and `index [B]`.
     Each training step, `source` (`kdlab.modules.lm_sources`; default: the dataset's responses)
     may replace the responses by samples of the student (GKD, DistiLLM) or the teacher (SeqKD).
     Logits are cut to the data tokenizer's vocabulary (a teacher whose vocabulary is padded beyond
-    the tokenizer has extra rows; they are dropped, METHODS §7.0). With `objective.fused` the module
+    the tokenizer has extra rows; they are dropped, docs/methods.md §7.0). With `objective.fused` the module
     hands the objective final hidden states and LM heads instead of logits.
 
     Logged: `train/loss`, the objective's terms, the source's (`generated`, `sgo_threshold`); per
@@ -38,14 +36,15 @@ class LMDistillModule(TrainingModule):
     responses (`nll`, `ppl`, `teacher_nll`, `teacher_ppl`, `fkl`, `rkl`, `tvd`; `oracle_*` when the
     datamodule has an `oracle`); with `sequence_samples > 0`, sequence-level KLs on that many held-out
     prompts: `proxy_fkl` = KL_seq(teacher ‖ student), `proxy_rkl` = KL_seq(student ‖ teacher) and,
-    with an oracle, `golden_fkl`, `golden_rkl` (the teacher-hacking curves, METHODS §7.9) and the
+    with an oracle, `golden_fkl`, `golden_rkl` (the teacher-hacking curves, docs/methods.md §7.9) and the
     teacher's own `teacher_golden_fkl` = KL_seq(oracle ‖ teacher), `teacher_golden_rkl`; at test,
     with `generation_samples > 0` and a datamodule with `references`, `test/rougeL` (ROUGE-L F1 of
     student samples at T=1 against the references), and a W&B table of samples.
     After fitting, the student is saved with `save_pretrained` (and the tokenizer) in `<run dir>/student`.
     """
 
-    teacher_role: ClassVar[str | None] = "pretrained"
+    teacher_role = "pretrained"
+    export_dir = "student"
 
     def __init__(
         self,
@@ -53,39 +52,38 @@ class LMDistillModule(TrainingModule):
         teacher: nn.Module,
         objective: TokenKD,
         optimizer: Any,
-        scheduler: Any | None = None,
+        *,
+        source: DatasetResponses,
+        sequence_samples: int,
+        generation_samples: int,
+        max_new_tokens: int,
+        eval_chunk_size: int | None,
         num_classes: int | None = None,
-        source: DatasetResponses | None = None,
-        sequence_samples: int = 0,
-        generation_samples: int = 0,
-        max_new_tokens: int = 128,
-        eval_chunk_size: int | None = 1024,
+        scheduler: Any | None = None,
     ) -> None:
-        super().__init__(optimizer, scheduler)
         if num_classes is not None:
-            raise ValueError(f"LMDistillModule distils language models; the dataset has num_classes={num_classes}: pick a text dataset")
-        self.model = model
-        self.teacher = teacher.requires_grad_(False).eval()
-        self.objective = objective
-        self.source = source if source is not None else DatasetResponses()
+            raise ConfigError(f"LMDistillModule distils language models; the dataset has num_classes={num_classes}: pick a text dataset")
+        super().__init__(model, objective, optimizer, num_classes, scheduler)
+        self.freeze("teacher", teacher)
+        self.source = source
         self.sequence_samples, self.generation_samples, self.max_new_tokens = sequence_samples, generation_samples, max_new_tokens
         self.panels = nn.ModuleDict({split: TokenPanel(eval_chunk_size) for split in ("val", "test")})
         self.vocab_size: int | None = None
+        self.total_steps = 1  # the run's optimiser steps, known when training starts (for the sources' schedules)
         self.reference_samples: dict[tuple[str, str], dict[str, Any]] = {}  # per split: fixed teacher/oracle samples, the teacher's KLs
         self.history: list[dict[str, float]] = []  # every evaluation: split, step and its metrics
-        self.strict_loading = False  # checkpoints leave the teacher out
 
     # ---- set-up -------------------------------------------------------------------------------
     @classmethod
     def check_models(
-        cls, datamodule: L.LightningDataModule, dataset: DictConfig, student: nn.Module, teacher: nn.Module | None, objective: nn.Module | None = None
+        cls, datamodule: L.LightningDataModule, num_classes: int | None, student: nn.Module, teacher: nn.Module | None, objective: Objective
     ) -> None:
         """Fail before training unless the objective is token-level KD, both models are causal LMs
         with an output for every token of the data's tokenizer, and the tokenizers saved with the
         models (when they have one) equal the data's — the first differing token ids are named."""
         if not isinstance(objective, TokenKD):
-            raise ValueError(f"LMDistillModule trains token-level objectives (TokenKD), got {type(objective).__name__}: "
-                             "pick +method=lmkd|gkd|distillm|seqkd")
+            raise ConfigError(f"LMDistillModule trains token-level objectives (TokenKD), got {type(objective).__name__}: "
+                              "pick +method=lmkd|gkd|distillm|seqkd")
         models = {"student": student, "teacher": teacher}
         for role, model in models.items():
             if model is None or not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
@@ -107,23 +105,16 @@ class LMDistillModule(TrainingModule):
 
     def setup(self, stage: str) -> None:
         self.vocab_size = self.trainer.datamodule.vocab_size
+        super().setup(stage)
 
-    def train(self, mode: bool = True) -> "LMDistillModule":
-        super().train(mode)
-        self.teacher.eval()
-        return self
-
-    def on_fit_start(self) -> None:
-        self.model.train()  # `from_pretrained` returns models in eval mode
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+    def on_train_start(self) -> None:
+        self.total_steps = max(self.trainer.estimated_stepping_batches, 1)
 
     # ---- forward passes ------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return lm_forward(self.model, input_ids, attention_mask)[..., : self.vocab_size]
 
-    def model_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def model_outputs(self, batch: Batch, split: str) -> dict[str, Any]:
         """Logits `[B, L, V]` of student and teacher, or (fused objective) hidden states and heads."""
         ids, mask = batch["input_ids"], batch["attention_mask"]
         if self.objective.fused:
@@ -154,47 +145,34 @@ class LMDistillModule(TrainingModule):
         return {key: sampled[key] for key in ("input_ids", "attention_mask", "labels")}
 
     # ---- training ------------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        batch, source_logs = self.source.training_batch(self, batch)
-        loss, logs = self.objective(self.model_outputs(batch), batch)
-        self.check_finite(loss, logs)
-        size = len(batch["input_ids"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
-        self.log_dict({f"train/{name}": value for name, value in (logs | source_logs).items()}, batch_size=size)
-        return loss
+    def training_batch(self, batch: Batch) -> tuple[Batch, dict[str, float]]:
+        """The source's batch: the dataset's, or responses sampled from the student or the teacher."""
+        return self.source.training_batch(batch, self.generate, min(self.global_step / self.total_steps, 1.0))
+
+    def batch_size(self, batch: Batch) -> int:
+        return len(batch["input_ids"])
 
     # ---- evaluation ----------------------------------------------------------------------------
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate_batch(batch, "val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate_batch(batch, "test")
-
-    def _evaluate_batch(self, batch: dict[str, torch.Tensor], split: str) -> None:
-        outputs = self.model_outputs(batch)
+    def evaluate(self, batch: Batch, split: str) -> None:
+        outputs = self.model_outputs(batch, split)
         loss, _ = self.objective(outputs, batch)
         self.log(f"{split}/loss", loss, batch_size=len(batch["input_ids"]), sync_dist=True)
         ids, mask = batch["input_ids"], batch["attention_mask"]
         labels = batch["labels"][:, 1:]
-        scored = labels != IGNORE_INDEX
+        scored_tokens = scored(labels)
         logits = outputs.get("logits", None)
         if logits is None:  # fused objective: the panel needs logits (no gradient here)
             logits, outputs["teacher_logits"] = self(ids, mask), lm_forward(self.teacher, ids, mask)[..., : self.vocab_size]
         oracle = getattr(self.trainer.datamodule, "oracle", None)
-        oracle_logits = lm_forward(oracle, ids, mask)[:, :-1][scored][..., : self.vocab_size] if oracle is not None else None
-        self.panels[split].update(logits[:, :-1][scored], outputs["teacher_logits"][:, :-1][scored], labels[scored], oracle_logits)
+        oracle_logits = lm_forward(oracle, ids, mask)[:, :-1][scored_tokens][..., : self.vocab_size] if oracle is not None else None
+        self.panels[split].update(logits[:, :-1][scored_tokens], outputs["teacher_logits"][:, :-1][scored_tokens], labels[scored_tokens],
+                                  oracle_logits)
 
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
-
-    def _log_epoch(self, split: str) -> None:
+    def epoch_metrics(self, split: str) -> dict[str, float]:
         values = {name: float(value) for name, value in self.panels[split].compute().items()}
         self.panels[split].reset()
         if self.trainer.sanity_checking:
-            return
+            return {}
         if split == "val" and "nll" in values:
             self.source.observe_validation(values["nll"])
         if self.sequence_samples > 0:
@@ -202,7 +180,7 @@ class LMDistillModule(TrainingModule):
         if split == "test" and self.generation_samples > 0 and hasattr(self.trainer.datamodule, "references"):
             values |= self.generation_metrics(split)
         self.history.append({"split": split, "step": self.global_step} | values)
-        self.log_dict({f"{split}/{name}": value for name, value in values.items()}, sync_dist=True, prog_bar=split == "val")
+        return values
 
     def _samples(self, role: str, split: str, seed: int) -> dict[str, torch.Tensor]:
         """`sequence_samples` responses of `role` to the split's first prompts, at T=1, seeded."""
@@ -246,7 +224,7 @@ class LMDistillModule(TrainingModule):
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(0)
             sampled = self.generate("student", {k: v.to(self.device) for k, v in prompts.items()}, 1.0, self.max_new_tokens)
-        responses = [datamodule.decode(row[row != IGNORE_INDEX].tolist()) for row in sampled["labels"]]
+        responses = [datamodule.decode(row[scored(row)].tolist()) for row in sampled["labels"]]
         references = datamodule.references(split, self.generation_samples)
         scores = [rouge_l(response, reference) for response, reference in zip(responses, references)]
         table = [[datamodule.decode(p[m.bool()].tolist()), r, ref, s] for p, m, r, ref, s in
@@ -255,14 +233,6 @@ class LMDistillModule(TrainingModule):
             if isinstance(logger, WandbLogger):
                 logger.log_table(key=f"{split}/samples", columns=["prompt", "student", "reference", "rougeL"], data=table)
         return {"rougeL": sum(scores) / len(scores)}
-
-    def on_fit_end(self) -> None:
-        if self.trainer.is_global_zero and hasattr(self.model, "save_pretrained"):
-            directory = Path(self.trainer.default_root_dir) / STUDENT_DIR
-            self.model.save_pretrained(directory)
-            tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(directory)
 
 
 def _saved_tokenizer(model: nn.Module):

@@ -1,28 +1,33 @@
-"""Where the responses of an LM distillation step come from (METHODS §7.0 `data_source`).
+"""Where the responses of an LM distillation step come from (docs/methods.md §7.0 `data_source`).
 
-A source turns the dataset batch of a training step into the batch the loss is taken on:
+A source turns the dataset batch of a training step into the batch the loss is taken on,
+`training_batch(batch, generate, progress) -> (batch, logs)`, given `generate(role, prompts,
+temperature, max_new_tokens)` (samples of the "student" or "teacher" for the batch's prompts,
+without gradient) and the fraction of training done, `progress` in [0, 1]:
 
 - `DatasetResponses`: the dataset's responses (off-policy, supervised KD);
 - `SampledResponses(generator, probability)`: with probability λ the responses are sampled from the
   student (GKD's on-policy mixing, Agarwal et al. 2024: λ=0.5, temperature 0.9) or from the teacher
   (SeqKD, λ=1), without gradient, for the batch's prompts; otherwise the dataset's;
 - `AdaptiveStudentResponses`: DistiLLM's adaptive student-generated-output schedule with a replay
-  buffer (Ko et al. 2024, `finetune.py` of jongwooko/distillm; METHODS §7.2).
+  buffer (Ko et al. 2024, `finetune.py` of jongwooko/distillm; docs/methods.md §7.2).
 
 Generated batches have the layout of `kdlab.models.generation.sample_responses` (left-padded
-prompt + response, labels -100 off the response); the loss then teacher-forces both models on them.
+prompt + response, labels `IGNORE_INDEX` off the response); the loss then teacher-forces both models on them.
+Every constructor argument is required: the presets (conf/method/{gkd,seqkd,distillm}.yaml) hold the defaults.
 """
 
 import random
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from kdlab.modules.lm_distill import LMDistillModule
+from kdlab.errors import ConfigError
+from kdlab.tokens import IGNORE_INDEX
 
 Batch = dict[str, Tensor]
+Generate = Callable[[str, Batch, float, int], Batch]  # (role, prompts, temperature, max_new_tokens) -> batch
 GENERATORS = ("student", "teacher")
 REPLAY_RATIOS = ("decreasing", "constant", "increasing")
 
@@ -30,7 +35,7 @@ REPLAY_RATIOS = ("decreasing", "constant", "increasing")
 class DatasetResponses:
     """The dataset batch, unchanged."""
 
-    def training_batch(self, module: "LMDistillModule", batch: Batch) -> tuple[Batch, dict[str, float]]:
+    def training_batch(self, batch: Batch, generate: Generate, progress: float) -> tuple[Batch, dict[str, float]]:
         return batch, {}
 
     def observe_validation(self, nll: float) -> None:
@@ -41,17 +46,18 @@ class SampledResponses(DatasetResponses):
     """With probability `probability` (λ), responses sampled from `generator` ("student" or "teacher")
     at `temperature`, at most `max_new_tokens`; else the dataset's. Logs `generated` (1 or 0)."""
 
-    def __init__(self, generator: str = "student", probability: float = 0.5, temperature: float = 0.9, max_new_tokens: int = 128) -> None:
+    def __init__(self, *, generator: str, probability: float, temperature: float, max_new_tokens: int) -> None:
         if generator not in GENERATORS:
-            raise ValueError(f"generator must be one of {GENERATORS}, got {generator!r}")
+            raise ConfigError(f"module.source.generator must be one of {GENERATORS}, got {generator!r}")
         if not 0.0 <= probability <= 1.0 or temperature <= 0 or max_new_tokens < 1:
-            raise ValueError(f"need 0 <= probability <= 1, temperature > 0, max_new_tokens >= 1; got {probability}, {temperature}, {max_new_tokens}")
+            raise ConfigError("module.source needs 0 <= probability <= 1, temperature > 0, max_new_tokens >= 1; "
+                              f"got {probability}, {temperature}, {max_new_tokens}")
         self.generator, self.probability, self.temperature, self.max_new_tokens = generator, probability, temperature, max_new_tokens
 
-    def training_batch(self, module: "LMDistillModule", batch: Batch) -> tuple[Batch, dict[str, float]]:
+    def training_batch(self, batch: Batch, generate: Generate, progress: float) -> tuple[Batch, dict[str, float]]:
         if torch.rand(()).item() >= self.probability:
             return batch, {"generated": 0.0}
-        return module.generate(self.generator, batch, self.temperature, self.max_new_tokens), {"generated": 1.0}
+        return generate(self.generator, batch, self.temperature, self.max_new_tokens), {"generated": 1.0}
 
 
 class AdaptiveStudentResponses(DatasetResponses):
@@ -71,18 +77,12 @@ class AdaptiveStudentResponses(DatasetResponses):
     """
 
     def __init__(
-        self,
-        init_threshold: float = 0.0,
-        loss_eps: float = 0.1,
-        capacity: int = 1000,
-        replay_ratio: str = "decreasing",
-        temperature: float = 1.0,
-        max_new_tokens: int = 128,
+        self, *, init_threshold: float, loss_eps: float, capacity: int, replay_ratio: str, temperature: float, max_new_tokens: int
     ) -> None:
         if replay_ratio not in REPLAY_RATIOS:
-            raise ValueError(f"replay_ratio must be one of {REPLAY_RATIOS}, got {replay_ratio!r}")
+            raise ConfigError(f"module.source.replay_ratio must be one of {REPLAY_RATIOS}, got {replay_ratio!r}")
         if not 0.0 <= init_threshold <= 1.0 or capacity < 1:
-            raise ValueError(f"need 0 <= init_threshold <= 1 and capacity >= 1, got {init_threshold}, {capacity}")
+            raise ConfigError(f"module.source needs 0 <= init_threshold <= 1 and capacity >= 1, got {init_threshold}, {capacity}")
         self.threshold, self.loss_eps, self.capacity, self.replay_ratio = init_threshold, loss_eps, capacity, replay_ratio
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         self.reference_nll: float | None = None
@@ -99,16 +99,16 @@ class AdaptiveStudentResponses(DatasetResponses):
         """s for training progress step/total in [0, 1]."""
         return self.threshold * {"decreasing": 1 - progress, "constant": 0.5, "increasing": progress}[self.replay_ratio]
 
-    def training_batch(self, module: "LMDistillModule", batch: Batch) -> tuple[Batch, dict[str, float]]:
+    def training_batch(self, batch: Batch, generate: Generate, progress: float) -> tuple[Batch, dict[str, float]]:
         r = torch.rand(()).item()
-        progress = min(module.global_step / max(module.trainer.estimated_stepping_batches, 1), 1.0)
         logs = {"sgo_threshold": self.threshold}
         if r < self.sampling_threshold(progress) or (r < self.threshold and len(self.buffer) < self.capacity):
-            generated = module.generate("student", batch, self.temperature, self.max_new_tokens)
+            generated = generate("student", batch, self.temperature, self.max_new_tokens)
             self.push(generated)
             return generated, logs | {"generated": 1.0}
         if r < self.threshold:
-            return {key: value.to(module.device) for key, value in self.sample(len(batch["input_ids"])).items()}, logs | {"generated": 0.5}
+            device = batch["input_ids"].device
+            return {key: value.to(device) for key, value in self.sample(len(batch["input_ids"])).items()}, logs | {"generated": 0.5}
         return batch, logs | {"generated": 0.0}
 
     def push(self, batch: Batch) -> None:
@@ -123,7 +123,7 @@ class AdaptiveStudentResponses(DatasetResponses):
         rows = random.sample(self.buffer, min(n, len(self.buffer)))
         length = max(len(row["input_ids"]) for row in rows)
         input_ids = torch.zeros(len(rows), length, dtype=torch.long)
-        labels = torch.full((len(rows), length), -100)
+        labels = torch.full((len(rows), length), IGNORE_INDEX)
         attention_mask = torch.zeros(len(rows), length, dtype=torch.long)
         for i, row in enumerate(rows):
             input_ids[i, : len(row["input_ids"])] = row["input_ids"]

@@ -3,10 +3,10 @@
 from collections.abc import Iterator
 from typing import Any
 
-import torch
 from torch import nn
 
-from kdlab.modules.base import ClassifierModule
+from kdlab.modules.base import Batch
+from kdlab.modules.classification import ClassifierModule
 
 
 class OnlineDistillModule(ClassifierModule):
@@ -28,18 +28,18 @@ class OnlineDistillModule(ClassifierModule):
 
     teacher_role = "online"
 
-    def __init__(self, model: nn.Module, teacher: nn.Module, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.model = model
+    def __init__(self, model: nn.Module, teacher: nn.Module, **kwargs: Any) -> None:
+        super().__init__(model=model, **kwargs)
         self.teacher = teacher
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(inputs)
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self.teacher.train()
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """The student's, the objective's and the teacher's parameters."""
         yield from super().trainable_parameters()
         yield from self.teacher.parameters()
 
-    def model_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def model_outputs(self, batch: Batch, split: str) -> dict[str, Any]:
         return self.run_model(self.model, batch["input"]) | self.run_model(self.teacher, batch["input"], prefix="teacher_")

@@ -7,16 +7,16 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
+from kdlab.errors import ConfigError, DataError
 from kdlab.metrics.alignment import PreferencePanel, sample_metrics
 from kdlab.models.generation import sample_responses
 from kdlab.models.hf import lm_forward
-from kdlab.modules.base import TrainingModule
-from kdlab.objectives.preference import SFT, PreferenceObjective, token_logps
-
-POLICY_DIR = "policy"
+from kdlab.modules.base import Batch, TrainingModule
+from kdlab.objectives.base import Objective
+from kdlab.objectives.preference import SFT, PreferenceObjective
+from kdlab.tokens import token_logps
 
 
 class PolicyModule(TrainingModule):
@@ -30,12 +30,12 @@ class PolicyModule(TrainingModule):
     log-probs are cached by dataset index and split, so each pair meets the reference once.
 
     Batches (see `kdlab.data.preference`): `input_ids`, `attention_mask`, `labels` `[2B, L]` (B chosen
-    rows, then B rejected rows; labels -100 on prompt and padding) and `index [B]`.
+    rows, then B rejected rows; labels `IGNORE_INDEX` on prompt and padding) and `index [B]`.
 
     Logged: `train/loss` and the objective's terms; per validation/test epoch the pair metrics of
     `PreferencePanel` (`<split>/accuracy`, `margin`, `reward_chosen`, `reward_rejected`, `ece`) and
     `<split>/loss`, and, on `samples` responses drawn from the policy for the datamodule's evaluation
-    prompts (`eval_prompts(split, n)`), `<split>/kl_ref`, `kl_ref_k3`, `entropy`, `distinct_1`,
+    prompts (`eval_prompts(split, n)`: `prompt_ids, prompt_mask`), `<split>/kl_ref`, `kl_ref_k3`, `entropy`, `distinct_1`,
     `distinct_2`, `length`, plus what the datamodule's `score(responses)` returns when it has one
     (the known-reward task: `reward`, `modes`). SFT logs `<split>/nll` and the sample metrics but no KL.
     The sample metrics are also taken at step 0 (the reference itself, logged as `val/*` at step 0) and
@@ -44,70 +44,59 @@ class PolicyModule(TrainingModule):
     `model.student.name_or_path`).
     """
 
+    export_dir = "policy"
+
     def __init__(
         self,
         model: nn.Module,
-        objective: nn.Module,
+        objective: Objective,
         optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., Any] | None = None,
+        *,
+        reference_soup: Sequence[str] | None,
+        soup_weights: Sequence[float] | None,
+        cache_reference: bool,
+        samples: int,
+        max_new_tokens: int,
+        disable_dropout: bool,
         num_classes: int | None = None,
-        reference_soup: Sequence[str] | None = None,
-        soup_weights: Sequence[float] | None = None,
-        cache_reference: bool = True,
-        samples: int = 256,
-        max_new_tokens: int = 64,
-        disable_dropout: bool = True,
+        scheduler: Callable[..., Any] | None = None,
     ) -> None:
-        super().__init__(optimizer, scheduler)
-        del num_classes  # preference data has no label space; `kdlab.run` passes it to every regime
+        super().__init__(model, objective, optimizer, num_classes, scheduler)
         if disable_dropout:  # TRL's DPO default: log-ratios of policy and reference from the same deterministic net
             for layer in model.modules():
                 if isinstance(layer, nn.Dropout):
                     layer.p = 0.0
-        self.model = model
-        self.objective = objective
         self.cache_reference = cache_reference and not objective.needs_reference_logits
         self.samples, self.max_new_tokens = samples, max_new_tokens
         self.reference = None
         if objective.needs_reference:
-            self.reference = copy.deepcopy(model)
+            reference = copy.deepcopy(model)
             if reference_soup:
-                self.reference.load_state_dict(soup_state_dict([load_weights(path, model) for path in reference_soup], soup_weights))
-            self.reference.requires_grad_(False).eval()
+                reference.load_state_dict(soup_state_dict([load_weights(path, model) for path in reference_soup], soup_weights))
+            self.freeze("reference", reference)
         elif reference_soup:
-            raise ValueError(f"{type(objective).__name__} uses no reference model, but reference_soup was given")
+            raise ConfigError(f"{type(objective).__name__} uses no reference model, but module.reference_soup was given")
         self.reference_cache: dict[str, dict[int, torch.Tensor]] = {"train": {}, "val": {}, "test": {}}
         self.panels = nn.ModuleDict({split: PreferencePanel() for split in ("val", "test")})
         self.sample_history: list[dict[str, Any]] = []  # every sample evaluation: split, step, metrics
 
-    def train(self, mode: bool = True) -> "PolicyModule":
-        super().train(mode)
-        if self.reference is not None:
-            self.reference.eval()
-        return self
-
     @classmethod
     def check_models(
-        cls,
-        datamodule: L.LightningDataModule,
-        dataset: DictConfig,
-        student: nn.Module,
-        teacher: nn.Module | None,
-        objective: nn.Module | None = None,
+        cls, datamodule: L.LightningDataModule, num_classes: int | None, student: nn.Module, teacher: nn.Module | None, objective: Objective
     ) -> None:
         """Fail before training unless the objective is a preference objective (or SFT), the policy is
         a causal LM, and every token id of the data is inside the policy's vocabulary."""
         if not isinstance(objective, PreferenceObjective | SFT):
-            raise ValueError(
-                f"PolicyModule trains preference objectives (kdlab.objectives DPO, IPO, TDPO, SFT), got {type(objective).__name__}; "
+            raise ConfigError(
+                f"PolicyModule trains preference objectives (DPO, f-DPO, IPO, TDPO, SFT), got {type(objective).__name__}; "
                 "pick a method made for it (+method=dpo|ipo|fdpo|tdpo|salsa|sft)"
             )
         if not hasattr(student, "get_input_embeddings"):
-            raise ValueError(f"the policy must be a Hugging Face causal LM, got {type(student).__name__}")
+            raise ConfigError(f"the policy must be a Hugging Face causal LM, got {type(student).__name__}")
         datamodule.setup("fit")
         rows, needed = student.get_input_embeddings().num_embeddings, datamodule.vocab_size
         if needed > rows:
-            raise ValueError(
+            raise ConfigError(
                 f"the data's tokenizer has {needed} tokens but the policy's embedding has {rows} rows: "
                 "use the tokenizer the policy was trained with"
             )
@@ -115,7 +104,7 @@ class PolicyModule(TrainingModule):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return lm_forward(self.model, input_ids, attention_mask)
 
-    def model_outputs(self, batch: dict[str, torch.Tensor], split: str) -> dict[str, torch.Tensor]:
+    def model_outputs(self, batch: Batch, split: str) -> dict[str, torch.Tensor]:
         """`logits [2B, L, V]` of the policy, and what the objective needs of the reference:
         `ref_logits` (TDPO) or `ref_logps [2B]` (cached per split and dataset index when allowed)."""
         outputs = {"logits": self(batch["input_ids"], batch["attention_mask"])}
@@ -142,21 +131,10 @@ class PolicyModule(TrainingModule):
             cache.update({index: torch.stack([c, r]).cpu() for index, c, r in zip(indices, chosen, rejected)})
         return logps
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, logs = self.objective(self.model_outputs(batch, "train"), batch)
-        self.check_finite(loss, logs)
-        pairs = len(batch["index"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=pairs)
-        self.log_dict({f"train/{name}": value for name, value in logs.items()}, batch_size=pairs)
-        return loss
+    def batch_size(self, batch: Batch) -> int:
+        return len(batch["index"])  # pairs
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate_batch(batch, "val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate_batch(batch, "test")
-
-    def _evaluate_batch(self, batch: dict[str, torch.Tensor], split: str) -> None:
+    def evaluate(self, batch: Batch, split: str) -> None:
         outputs = self.model_outputs(batch, split)
         if isinstance(self.objective, SFT):
             nll, _ = self.objective(outputs, batch)
@@ -166,23 +144,14 @@ class PolicyModule(TrainingModule):
         self.panels[split].update(pairs)
         self.log(f"{split}/loss", pairs.losses.mean(), batch_size=len(batch["index"]), sync_dist=True)
 
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
-
-    def _log_epoch(self, split: str) -> None:
+    def epoch_metrics(self, split: str) -> dict[str, torch.Tensor | float]:
         values: dict[str, torch.Tensor | float] = {}
         if not isinstance(self.objective, SFT):
             values |= self.panels[split].compute()
             self.panels[split].reset()
         if self.samples > 0 and not self.trainer.sanity_checking:
             values |= self._record_samples(split)
-        self.log_dict({f"{split}/{name}": value for name, value in values.items()}, sync_dist=True, prog_bar=split == "val")
-
-    def on_fit_start(self) -> None:
-        self.model.train()  # `from_pretrained` returns models in eval mode
+        return values
 
     def on_train_start(self) -> None:
         """Step 0: the sample metrics of the policy before any update (it is its reference), logged as `val/*`."""
@@ -206,7 +175,7 @@ class PolicyModule(TrainingModule):
         self.model.eval()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(0)
-            sequences = sample_responses(self.model, prompts["input_ids"], prompts["attention_mask"], self.max_new_tokens,
+            sequences = sample_responses(self.model, prompts["prompt_ids"], prompts["prompt_mask"], self.max_new_tokens,
                                          eos_token_id=datamodule.eos_token_id, pad_token_id=datamodule.pad_token_id)
         self.model.train(was_training)
         policy_logps, mask = token_logps(self(sequences["input_ids"], sequences["attention_mask"]), sequences["labels"])
@@ -220,14 +189,6 @@ class PolicyModule(TrainingModule):
                       if not name.startswith("kl_ref")}
         score = getattr(datamodule, "score", None)
         return values | (score(sequences["responses"]) if score is not None else {})
-
-    def on_fit_end(self) -> None:
-        if self.trainer.is_global_zero and hasattr(self.model, "save_pretrained"):
-            directory = Path(self.trainer.default_root_dir) / POLICY_DIR
-            self.model.save_pretrained(directory)
-            tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(directory)
 
 
 def load_weights(path: str | Path, like: nn.Module) -> dict[str, torch.Tensor]:
@@ -249,13 +210,13 @@ def soup_state_dict(states: Sequence[dict[str, torch.Tensor]], weights: Sequence
     sum to 1 (uniform when None); other tensors (integer buffers) must agree across the ingredients.
     """
     if len(states) < 2:
-        raise ValueError(f"a soup needs at least two checkpoints, got {len(states)}")
+        raise ConfigError(f"a soup (module.reference_soup) needs at least two checkpoints, got {len(states)}")
     weights = [1.0] * len(states) if weights is None else list(weights)
     if len(weights) != len(states) or min(weights) < 0 or sum(weights) <= 0:
-        raise ValueError(f"soup_weights needs {len(states)} non-negative weights with a positive sum, got {weights}")
+        raise ConfigError(f"module.soup_weights needs {len(states)} non-negative weights with a positive sum, got {weights}")
     keys = set(states[0])
     if any(set(state) != keys for state in states):
-        raise ValueError("the soup's checkpoints have different parameter names: they must share one architecture")
+        raise DataError("the soup's checkpoints have different parameter names: they must share one architecture")
     total = sum(weights)
     soup = {}
     for name, first in states[0].items():
@@ -264,5 +225,5 @@ def soup_state_dict(states: Sequence[dict[str, torch.Tensor]], weights: Sequence
         elif all(torch.equal(first, state[name]) for state in states):
             soup[name] = first.clone()
         else:
-            raise ValueError(f"non-floating tensor {name} differs between the soup's checkpoints")
+            raise DataError(f"non-floating tensor {name} differs between the soup's checkpoints")
     return soup

@@ -4,9 +4,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from kdlab.divergences import get
+from kdlab.errors import ConfigError
+from kdlab.objectives.base import Objective
 
 WEIGHTINGS = ("hard_switch", "sigmoid")
 
@@ -20,13 +21,13 @@ def entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 def reverse_kl_weights(entropy_gap: torch.Tensor, weighting: str, sharpness: float) -> torch.Tensor:
     """The per-sample weight `w^r` of the reverse KL (the forward KL gets `1 - w^r`) from the entropy
     gap `ΔH = H(q_s) - H(q_t)`: `hard_switch` `1[ΔH > 0]`, `sigmoid` `σ(sharpness · ΔH)`.
-    These mappings are kdlab's placeholders (METHODS §5.1): the paper's exact mapping is unverified."""
+    These mappings are kdlab's placeholders (docs/methods.md §5.1): the paper's exact mapping is unverified."""
     if weighting == "hard_switch":
         return (entropy_gap > 0).to(entropy_gap.dtype)
     return torch.sigmoid(sharpness * entropy_gap)
 
 
-class BDKD(nn.Module):
+class BDKD(Objective):
     """Student and teacher losses of online BD-KD; returns their sum (see `OnlineDistillModule`).
 
     With `q_s = softmax(z_s/T)`, `q_t = softmax(z_t/T)` and the other network's output detached in
@@ -38,7 +39,7 @@ class BDKD(nn.Module):
       confident one mass-covering (forward KL);
     - teacher: `L_T = CE(y, z_t) + λ_T · T² · KL(q_t ‖ q_s)` (reverse KL from the teacher's side).
 
-    Verification status (METHODS §5.1, §13): the structure — sample-wise entropy-gap weighting of
+    Verification status (docs/methods.md §5.1, §13): the structure — sample-wise entropy-gap weighting of
     forward and reverse KL for the student, reverse KL as the teacher's regulariser — is from the
     abstract and a summary of the paper; the weighting function, λ's and T could not be checked
     against the paper (no code is public), so `weighting`, `sharpness`, `student_kd_weight`,
@@ -47,18 +48,13 @@ class BDKD(nn.Module):
     """
 
     def __init__(
-        self,
-        temperature: float = 4.0,
-        student_kd_weight: float = 1.0,
-        teacher_kd_weight: float = 1.0,
-        weighting: str = "hard_switch",
-        sharpness: float = 1.0,
+        self, *, temperature: float, student_kd_weight: float, teacher_kd_weight: float, weighting: str, sharpness: float
     ) -> None:
         super().__init__()
         if weighting not in WEIGHTINGS:
-            raise ValueError(f"BD-KD weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+            raise ConfigError(f"BD-KD objective.weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise ConfigError(f"objective.temperature must be > 0, got {temperature}")
         self.temperature = temperature
         self.student_kd_weight, self.teacher_kd_weight = student_kd_weight, teacher_kd_weight
         self.weighting, self.sharpness = weighting, sharpness

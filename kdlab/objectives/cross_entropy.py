@@ -2,18 +2,18 @@
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from kdlab.objectives.base import Objective
 
 
-class CrossEntropy(nn.Module):
-    """`L = CE(y, softmax(z))`, mean over the batch, with optional label smoothing."""
+class CrossEntropy(Objective):
+    """`L = CE(y, softmax(z))` on logits `[B, C]` and labels `[B]`, mean over the batch, with label
+    smoothing ε (target `(1 - ε) onehot + ε / C`; 0 = none). No divergence slot."""
 
-    def __init__(self, label_smoothing: float = 0.0) -> None:
+    def __init__(self, *, label_smoothing: float) -> None:
         super().__init__()
         self.label_smoothing = label_smoothing
 
-    def forward(
-        self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         ce = F.cross_entropy(outputs["logits"].float(), batch["label"], label_smoothing=self.label_smoothing)
         return ce, {"ce": ce.detach()}

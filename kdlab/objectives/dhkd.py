@@ -1,14 +1,16 @@
 """Dual-Head Knowledge Distillation (DHKD; Yang et al., 2024, arXiv 2411.08937)."""
 
 import math
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from kdlab.modules.base import ClassifierModule
+from kdlab.errors import ConfigError
+from kdlab.objectives.base import Objective, PrepareContext
+
+AUX_HEADS = ("linear", "nonlinear")
 
 
 def binary_kl_norm(
@@ -41,10 +43,10 @@ def auxiliary_head(kind: str, in_features: int, num_classes: int) -> nn.Module:
         return nn.Sequential(
             nn.Linear(in_features, 200), nn.Dropout(0.1), nn.BatchNorm1d(200), nn.ReLU(inplace=True), nn.Linear(200, num_classes)
         )
-    raise ValueError(f"DHKD aux_head must be 'linear' or 'nonlinear', got {kind!r}")
+    raise ConfigError(f"DHKD objective.aux_head must be one of {AUX_HEADS}, got {kind!r}")
 
 
-class DHKD(nn.Module):
+class DHKD(Objective):
     """`L = gamma · CE(y, z_s) + alpha · BinaryKL-Norm(aux_head(h_s), z_t; T)`.
 
     The model's own head (used at inference) gets only the cross-entropy; an auxiliary head on the
@@ -64,21 +66,16 @@ class DHKD(nn.Module):
     head, grad_align on; ImageNet ResNet34→18: alpha=0.1, linear head.
     """
 
-    needs_features: ClassVar[bool] = True
+    needs_features = True
 
     def __init__(
-        self,
-        temperature: float = 2.0,
-        gamma: float = 1.0,
-        alpha: float = 1.0,
-        aux_head: str = "nonlinear",
-        grad_align: bool = True,
-        replicate_clamp: bool = False,
+        self, *, temperature: float, gamma: float, alpha: float, aux_head: str, grad_align: bool, replicate_clamp: bool
     ) -> None:
         super().__init__()
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        auxiliary_head(aux_head, 1, 1)  # reject an unknown kind now, not when fitting starts
+            raise ConfigError(f"objective.temperature must be > 0, got {temperature}")
+        if aux_head not in AUX_HEADS:  # now, not when fitting starts
+            raise ConfigError(f"DHKD objective.aux_head must be one of {AUX_HEADS}, got {aux_head!r}")
         self.temperature, self.gamma, self.alpha = temperature, gamma, alpha
         self.aux_kind = aux_head
         self.grad_align = grad_align
@@ -86,16 +83,16 @@ class DHKD(nn.Module):
         self.aux_head: nn.Module | None = None
         self.aligned_parameters: list[nn.Parameter] = []
 
-    def prepare(self, module: "ClassifierModule") -> None:
+    def prepare(self, context: PrepareContext) -> None:
         """Build the auxiliary head for the model's penultimate width; note what gradient alignment covers."""
-        width = module.example_features(module.model)["penultimate"].shape[-1]
-        self.aux_head = auxiliary_head(self.aux_kind, width, module.num_classes)
+        width = context.example_features(context.model)["penultimate"].shape[-1]
+        self.aux_head = auxiliary_head(self.aux_kind, width, context.num_classes)
         if self.grad_align:
-            self.aligned_parameters = list(module.trainable_parameters())
+            self.aligned_parameters = list(context.trainable_parameters())
 
     def forward(self, outputs: dict[str, Any], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.aux_head is None:
-            raise RuntimeError("DHKD.prepare(module) must run before the loss (the module calls it when fitting starts)")
+            raise RuntimeError("DHKD.prepare(context) must run before the loss (the module calls it when fitting starts)")
         ce = F.cross_entropy(outputs["logits"].float(), batch["label"])
         aux_logits = self.aux_head(outputs["features"]["penultimate"])
         kd = binary_kl_norm(aux_logits, outputs["teacher_logits"], self.temperature, self.replicate_clamp)

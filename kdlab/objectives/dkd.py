@@ -4,10 +4,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from kdlab.divergences import get
-from kdlab.objectives.hinton_kd import Divergence
+from kdlab.divergences import Divergence
+from kdlab.errors import ConfigError
+from kdlab.objectives.base import Objective, OpenSlot
 from kdlab.objectives.targets import binary_log_probs, non_target
 
 
@@ -40,29 +40,25 @@ def decoupled_terms(
     return tckd, nckd
 
 
-class DKD(nn.Module):
+class DKD(Objective):
     """`L = ce_weight · CE(y, q) + min((epoch + 1) / warmup_epochs, 1) · (alpha · TCKD + beta · NCKD)`.
 
-    TCKD and NCKD as in `decoupled_terms`; `divergence` replaces KL in both (forward KL is the
-    paper). The warm-up counts epochs from 1 as mdistiller does, so the first epoch already has
+    TCKD and NCKD as in `decoupled_terms`; the divergence slot (any registered divergence) replaces
+    KL in both (forward KL is the paper). The warm-up counts epochs from 1 as mdistiller does, so the first epoch already has
     weight `1 / warmup_epochs`. Published defaults (mdistiller, CIFAR-100): alpha=1, beta=8, T=4,
     warmup 20 epochs, ce_weight=1; beta=2 for ResNet56→20 and ResNet110→32, beta=6 for VGG13→VGG8,
     VGG13→MobileNetV2 and WRN-40-2→WRN-16-2/40-1. ImageNet: alpha=1, beta=0.5, T=1, warmup 1.
     """
 
+    divergence_slot = OpenSlot()
+
     def __init__(
-        self,
-        divergence: Divergence | None = None,
-        alpha: float = 1.0,
-        beta: float = 8.0,
-        temperature: float = 4.0,
-        ce_weight: float = 1.0,
-        warmup_epochs: int = 20,
+        self, divergence: Divergence, *, alpha: float, beta: float, temperature: float, ce_weight: float, warmup_epochs: int
     ) -> None:
         super().__init__()
         if temperature <= 0 or warmup_epochs < 1:
-            raise ValueError(f"DKD needs temperature > 0 and warmup_epochs >= 1, got {temperature}, {warmup_epochs}")
-        self.divergence = divergence if divergence is not None else get("fkl")
+            raise ConfigError(f"DKD needs objective.temperature > 0 and objective.warmup_epochs >= 1, got {temperature}, {warmup_epochs}")
+        self.divergence = self.divergence_slot.bind("DKD", divergence)
         self.alpha, self.beta = alpha, beta
         self.temperature = temperature
         self.ce_weight = ce_weight

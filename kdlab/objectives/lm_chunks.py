@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from kdlab.tokens import at_least_fp32
+
 Head = tuple[Tensor, Tensor | None]  # (weight [V, H], bias [V] or None) of an LM head, rows cut to the vocabulary
 
 
@@ -37,12 +39,7 @@ def chunk_map(fn: Callable[..., Tensor], chunk_size: int | None, *rows: Tensor) 
 
 def token_nll(logits: Tensor, targets: Tensor, chunk_size: int | None = None) -> Tensor:
     """`-log softmax(z_n)[y_n]` per token, `[N, V], [N] -> [N]`, in at least fp32, chunk by chunk."""
-    return chunk_map(lambda z, y: F.cross_entropy(_fp32(z), y, reduction="none"), chunk_size, logits, targets)
-
-
-def _fp32(logits: Tensor) -> Tensor:
-    """At least float32 (bf16/fp16 upcast, float64 kept)."""
-    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return chunk_map(lambda z, y: F.cross_entropy(at_least_fp32(z), y, reduction="none"), chunk_size, logits, targets)
 
 
 def fused_token_terms(
@@ -68,7 +65,7 @@ def fused_token_terms(
         with torch.no_grad():
             z_t = F.linear(h_t, w_t, b_t)
         value = divergence(z_s, z_t, temperature=temperature, reduction="none")
-        return torch.stack([value, F.cross_entropy(_fp32(z_s), y, reduction="none")], dim=-1)
+        return torch.stack([value, F.cross_entropy(at_least_fp32(z_s), y, reduction="none")], dim=-1)
 
     values = chunk_map(terms, chunk_size, student_hidden, teacher_hidden.detach(), targets)
     return values[:, 0], values[:, 1]

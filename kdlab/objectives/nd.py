@@ -1,16 +1,15 @@
 """KD++: KD with the feature Norm-and-Direction regulariser (ND; Wang et al., 2023, arXiv 2305.17007)."""
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdlab.divergences import get
-from kdlab.objectives.hinton_kd import Divergence
-
-if TYPE_CHECKING:
-    from kdlab.modules.base import ClassifierModule
+from kdlab.divergences import Divergence
+from kdlab.errors import ConfigError
+from kdlab.objectives.base import Objective, OpenSlot, PrepareContext
 
 
 def nd_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
@@ -23,7 +22,7 @@ def nd_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, dire
 
 
 @torch.no_grad()
-def class_mean_directions(teacher: nn.Module, loader: Any, num_classes: int, device: torch.device) -> torch.Tensor:
+def class_mean_directions(teacher: nn.Module, loader: Iterable[dict[str, torch.Tensor]], num_classes: int, device: torch.device) -> torch.Tensor:
     """Unit vectors of the teacher's per-class mean penultimate embedding over `loader`: `[C, d]`."""
     was_training = teacher.training
     teacher.eval()
@@ -53,13 +52,13 @@ def embedding_projector(student_dim: int, teacher_dim: int) -> nn.Module:
     return projector
 
 
-class ND(nn.Module):
+class ND(Objective):
     """`L = ce_weight · CE(y, q) + min(1, epoch / kd_warmup_epochs) · kd_weight · T² · D(p_T ‖ q_T) + nd_weight · L_ND`
 
     (KD++; `nd_loss` for L_ND, on the student's penultimate embedding — projected to the teacher's
     width when they differ — against the teacher's class-mean directions, computed once over the
     training set with the teacher in eval mode when fitting starts). `D` is the divergence slot
-    (forward KL in the paper). The KD warm-up counts epochs from 0 as the code does (weight 0 in
+    (any registered divergence; forward KL in the paper). The KD warm-up counts epochs from 0 as the code does (weight 0 in
     the first epoch). The class means are taken over the training loader as the datamodule serves
     it (with its augmentation; the code used stored means of the plain training images) and are
     recomputed, not checkpointed, whenever fitting starts (also on resume).
@@ -69,39 +68,38 @@ class ND(nn.Module):
     ResNet50→MobileNetV2 (1, 3, 0.5); ResNet32x4→ShuffleV1 (1, 2.5, 1.5); ResNet32x4→ShuffleV2 (1, 4, 0.5).
     """
 
-    needs_features: ClassVar[bool] = True
+    divergence_slot = OpenSlot()
+    needs_features = True
 
     def __init__(
         self,
-        divergence: Divergence | None = None,
-        temperature: float = 4.0,
-        ce_weight: float = 1.0,
-        kd_weight: float = 1.0,
-        nd_weight: float = 2.0,
-        kd_warmup_epochs: int = 20,
+        divergence: Divergence,
+        *,
+        temperature: float,
+        ce_weight: float,
+        kd_weight: float,
+        nd_weight: float,
+        kd_warmup_epochs: int,
     ) -> None:
         super().__init__()
         if temperature <= 0 or kd_warmup_epochs < 1:
-            raise ValueError(f"ND needs temperature > 0 and kd_warmup_epochs >= 1, got {temperature}, {kd_warmup_epochs}")
-        self.divergence = divergence if divergence is not None else get("fkl")
+            raise ConfigError(f"ND needs objective.temperature > 0 and objective.kd_warmup_epochs >= 1, got {temperature}, {kd_warmup_epochs}")
+        self.divergence = self.divergence_slot.bind("ND", divergence)
         self.temperature = temperature
         self.ce_weight, self.kd_weight, self.nd_weight = ce_weight, kd_weight, nd_weight
         self.kd_warmup_epochs = kd_warmup_epochs
         self.projector: nn.Module | None = None
         self.register_buffer("directions", None, persistent=False)  # [C, d_t], computed in `prepare`
 
-    def prepare(self, module: "ClassifierModule") -> None:
+    def prepare(self, context: PrepareContext) -> None:
         """Build the projector and compute the teacher's class-mean directions on the training device."""
-        teacher = getattr(module, "teacher", None)
-        if teacher is None:
-            raise ValueError("ND regularises the student towards a teacher's class means: it needs a teacher (module with a teacher)")
-        student_dim = module.example_features(module.model)["penultimate"].shape[-1]
-        teacher_dim = module.example_features(teacher)["penultimate"].shape[-1]
+        if context.teacher is None:
+            raise ConfigError("ND regularises the student towards a teacher's class means: it needs a regime with a teacher")
+        student_dim = context.example_features(context.model)["penultimate"].shape[-1]
+        teacher_dim = context.example_features(context.teacher)["penultimate"].shape[-1]
         self.projector = embedding_projector(student_dim, teacher_dim)
-        device = module.trainer.strategy.root_device
-        loader = module.trainer.datamodule.train_dataloader()
         with torch.random.fork_rng(devices=[]):  # the extra pass leaves training's random state as it was
-            self.directions = class_mean_directions(teacher.to(device), loader, module.num_classes, device)
+            self.directions = class_mean_directions(context.teacher.to(context.device), context.train_loader(), context.num_classes, context.device)
 
     def forward(self, outputs: dict[str, Any], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.projector is None:

@@ -4,12 +4,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from kdlab.errors import ConfigError
+from kdlab.objectives.base import Objective
 from kdlab.objectives.targets import non_target, target_column
 
 
-class NKD(nn.Module):
+class NKD(Objective):
     """`L = ce_weight · CE(y, q) + L_t + L_nt` on logits `[B, C]` (mean over the batch):
 
     - `L_t = -p_y · log q_y` with `p = softmax(z_t)`, `q = softmax(z_s)` at T=1 (the teacher's
@@ -23,10 +24,10 @@ class NKD(nn.Module):
     NKD has no divergence slot: its non-target term is this specific normalised cross-entropy.
     """
 
-    def __init__(self, temperature: float = 3.0, gamma: float = 3.5, ce_weight: float = 1.0) -> None:
+    def __init__(self, *, temperature: float, gamma: float, ce_weight: float) -> None:
         super().__init__()
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise ConfigError(f"objective.temperature must be > 0, got {temperature}")
         self.temperature, self.gamma, self.ce_weight = temperature, gamma, ce_weight
 
     def forward(self, outputs: dict[str, Any], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -1,8 +1,8 @@
 """Preference alignment against a frozen reference: DPO, f-DPO, IPO, and the SFT starting stage.
 
-Notation (METHODS §0.3, §8). A batch of B preference pairs `(x, y_w, y_l)` is stacked as 2B
+Notation (docs/methods.md §0.3, §8). A batch of B preference pairs `(x, y_w, y_l)` is stacked as 2B
 sequences: rows `[0, B)` hold prompt + chosen response y_w, rows `[B, 2B)` prompt + rejected
-response y_l. `labels [2B, L]` are the input ids with -100 on prompt and padding, so every
+response y_l. `labels [2B, L]` are the input ids with `IGNORE_INDEX` on prompt and padding, so every
 sum below runs over response tokens only. With the causal shift (logits at t predict token t+1):
 
     log π(y|x) = Σ_t m_t log π(y_t | x, y_<t),      ρ(y) = log π_θ(y|x) − log π_ref(y|x)
@@ -14,16 +14,22 @@ probability that the method's own preference model puts on y_w ≻ y_l; `forward
 losses and names the logged terms.
 """
 
+import math
 from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-IGNORE_INDEX = -100
+from kdlab.divergences import Divergence, get
+from kdlab.errors import ConfigError
+from kdlab.objectives.base import FixedDivergence, Objective, OpenSlot
+from kdlab.tokens import mean_nll, token_logps
+
 # f-DPO needs an f whose derivative is invertible with 0 outside its domain (Wang et al. 2023, Thm 1):
 F_DPO_DIVERGENCES = ("rkl", "fkl", "js", "alpha")
-_ALIASES = {"kl": "fkl", "reverse_kl": "rkl", "forward_kl": "fkl", "js_divergence": "js", "alpha_divergence": "alpha"}
+F_DPO_SLOT = OpenSlot(F_DPO_DIVERGENCES)
+# The KL(π‖π_ref) of the RLHF objective that DPO and IPO are derived from: the reference is the teacher slot.
+POLICY_KL = FixedDivergence("rkl", "KL(π‖π_ref), the regulariser of the objective the method is derived from")
 
 
 class Pairs(NamedTuple):
@@ -37,22 +43,8 @@ class Pairs(NamedTuple):
     rejected_logps: torch.Tensor  # log π_θ(y_l|x) (detached)
 
 
-def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probabilities of the labels, causally shifted.
-
-    `logits [N, L, V]`, `labels [N, L]` (-100 = not scored) -> `(logps [N, L-1], mask [N, L-1])`,
-    `logps[n, t] = log softmax(logits[n, t])[labels[n, t+1]]` in at least fp32 (bf16/fp16 are upcast,
-    float64 stays), exactly 0 where masked.
-    """
-    logits, labels = logits[:, :-1], labels[:, 1:]
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    mask = labels != IGNORE_INDEX
-    logps = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return logps.masked_fill(~mask, 0.0), mask
-
-
 def fdpo_score(log_ratio: torch.Tensor, divergence: str, alpha: float = 0.5, exp_clamp: float = 80.0) -> torch.Tensor:
-    """`s(ρ) = f'(e^ρ)` up to an additive constant, for the regulariser `D_f(π_θ ‖ π_ref)` (METHODS §1.8, §8.3).
+    """`s(ρ) = f'(e^ρ)` up to an additive constant, for the regulariser `D_f(π_θ ‖ π_ref)` (docs/methods.md §1.8, §8.3).
 
     - `rkl` (f = u log u, KL(π‖π_ref), DPO):      s(ρ) = ρ
     - `fkl` (f = −log u, KL(π_ref‖π)):            s(ρ) = −exp(−ρ)
@@ -60,9 +52,8 @@ def fdpo_score(log_ratio: torch.Tensor, divergence: str, alpha: float = 0.5, exp
     - `alpha`, α ∈ (0, 1) (paper form, f' = (1 − u^{−α})/α):  s(ρ) = −exp(−αρ)/α;
       α → 0 approaches reverse KL, α = 1 is forward KL.
     Written in `ρ = log u`, never in u; the exponent is clamped at `exp_clamp` (80 in fp32/bf16,
-    11 in fp16) against overflow, as TRL does.
+    11 in fp16) against overflow, as TRL does. `divergence` is a canonical registry name.
     """
-    divergence = _ALIASES.get(divergence, divergence)
     if divergence == "rkl":
         return log_ratio
     if divergence == "fkl":
@@ -71,9 +62,9 @@ def fdpo_score(log_ratio: torch.Tensor, divergence: str, alpha: float = 0.5, exp
         return F.logsigmoid(log_ratio)
     if divergence == "alpha":
         if not 0.0 < alpha < 1.0:
-            raise ValueError(f"f-DPO's alpha-divergence needs 0 < alpha < 1, got {alpha}")
+            raise ConfigError(f"f-DPO's alpha-divergence needs 0 < divergence.alpha < 1, got {alpha}")
         return -torch.exp((-alpha * log_ratio).clamp(max=exp_clamp)) / alpha
-    raise ValueError(
+    raise ConfigError(
         f"f-DPO supports the divergences {', '.join(F_DPO_DIVERGENCES)} (an invertible f' with 0 outside "
         f"its domain, Wang et al. 2023), got {divergence!r}"
     )
@@ -107,7 +98,7 @@ def ipo_loss(chosen_log_ratio: torch.Tensor, rejected_log_ratio: torch.Tensor, t
     return (chosen_log_ratio - rejected_log_ratio - 1.0 / (2.0 * tau)) ** 2
 
 
-class PreferenceObjective(nn.Module):
+class PreferenceObjective(Objective):
     """Base of the pairwise objectives: `forward` = mean of `pairs(...).losses`, plus the logged terms
     `rewards/chosen`, `rewards/rejected`, `rewards/margin`, `rewards/accuracy`, `logps/chosen`, `logps/rejected`.
 
@@ -143,43 +134,60 @@ def _log_ratios(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     return policy - outputs["ref_logps"].to(policy.dtype), policy, mask.sum(-1)
 
 
-class DPO(PreferenceObjective):
-    """DPO and f-DPO: `L = −log σ(β (s(ρ_w) − s(ρ_l)))` (see `dpo_loss`), mean over pairs.
+class FDPO(PreferenceObjective):
+    """f-DPO: `L = −log σ(β (s(ρ_w) − s(ρ_l)))` (see `dpo_loss`), mean over pairs, with the regulariser
+    `D_f(π‖π_ref)` from the divergence slot: rkl (= DPO), fkl, js or alpha (its `alpha` parameter).
 
-    Defaults: β = 0.1 (DPO paper, TRL); `divergence="rkl"` is DPO; f-DPO's paper grid for the
-    α-divergence is α ∈ {0.3, 0.5, 0.7} (0.5 default). TRL's `f_alpha_divergence_coef` α' since its
-    2026 refactor implements f' = (u^{α'−1} − 1)/(α' − 1), i.e. paper α = 1 − α' (equal at 0.5) (METHODS §12.2).
+    Defaults (conf/method/fdpo.yaml): β = 0.1 (TRL); f-DPO's paper grid for the α-divergence is
+    α ∈ {0.3, 0.5, 0.7}. TRL's `f_alpha_divergence_coef` α' since its 2026 refactor implements
+    f' = (u^{α'−1} − 1)/(α' − 1), i.e. paper α = 1 − α' (equal at 0.5) (docs/methods.md §12.2).
     Implicit rewards `β ρ` (TRL's convention, for every f); the preference probability is `σ(logits)`.
     """
 
-    def __init__(self, beta: float = 0.1, divergence: str = "rkl", alpha: float = 0.5, exp_clamp: float = 80.0) -> None:
+    divergence_slot = F_DPO_SLOT
+
+    def __init__(self, divergence: Divergence, *, beta: float, exp_clamp: float) -> None:
         super().__init__()
         if beta <= 0:
-            raise ValueError(f"beta must be > 0, got {beta}")
-        fdpo_score(torch.zeros(1), divergence, alpha)  # an unsupported divergence or alpha fails here, before training
-        self.beta, self.divergence, self.alpha, self.exp_clamp = beta, _ALIASES.get(divergence, divergence), alpha, exp_clamp
+            raise ConfigError(f"objective.beta must be > 0, got {beta}")
+        self.divergence = F_DPO_SLOT.bind("f-DPO", divergence)
+        self.alpha = self.divergence.params.get("alpha")
+        fdpo_score(torch.zeros(1), self.divergence.name, self.alpha)  # a bad alpha fails here, before training
+        self.beta, self.exp_clamp = beta, exp_clamp
 
     def pairs(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> Pairs:
         ratio, policy, _ = _log_ratios(outputs, batch)
         chosen, rejected = ratio.chunk(2)
-        losses, logits = dpo_loss(chosen, rejected, self.beta, self.divergence, self.alpha, self.exp_clamp)
+        losses, logits = dpo_loss(chosen, rejected, self.beta, self.divergence.name, self.alpha, self.exp_clamp)
         return Pairs(losses, self.beta * chosen.detach(), self.beta * rejected.detach(), torch.sigmoid(logits.detach()),
                      *policy.detach().chunk(2))
+
+
+class DPO(FDPO):
+    """DPO (Rafailov et al. 2023): f-DPO with the reverse KL fixed, `L = −log σ(β (ρ_w − ρ_l))`.
+    β = 0.1 (DPO paper, TRL; conf/method/dpo.yaml)."""
+
+    divergence_slot = POLICY_KL
+
+    def __init__(self, *, beta: float) -> None:
+        super().__init__(get("rkl"), beta=beta, exp_clamp=math.inf)  # s(ρ) = ρ: nothing to clamp
 
 
 class IPO(PreferenceObjective):
     """IPO: `L = (h − 1/(2τ))²` (see `ipo_loss`), mean over pairs; τ = 0.1 (TRL's `beta`).
 
     `length_normalize=False` (default) is the paper's form, `h = ρ_w − ρ_l`; `True` is TRL's
-    (author-confirmed) form `h = ρ_w/|y_w| − ρ_l/|y_l|` (METHODS §12.3). IPO's population optimum
+    (author-confirmed) form `h = ρ_w/|y_w| − ρ_l/|y_l|` (docs/methods.md §12.3). IPO's population optimum
     is `h = (2p − 1)/(2τ)`, so the implied preference is `P(y_w ≻ y_l) = clip(1/2 + τ h, 0, 1)`.
-    Implicit rewards `τ ρ`.
+    Implicit rewards `τ ρ`. Its regulariser is the reverse KL(π‖π_ref) (fixed).
     """
 
-    def __init__(self, tau: float = 0.1, length_normalize: bool = False) -> None:
+    divergence_slot = POLICY_KL
+
+    def __init__(self, *, tau: float, length_normalize: bool) -> None:
         super().__init__()
         if tau <= 0:
-            raise ValueError(f"tau must be > 0, got {tau}")
+            raise ConfigError(f"objective.tau must be > 0, got {tau}")
         self.tau, self.length_normalize = tau, length_normalize
 
     def pairs(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> Pairs:
@@ -192,12 +200,12 @@ class IPO(PreferenceObjective):
         return Pairs(losses, self.tau * ratio_w, self.tau * ratio_l, probability, *policy.detach().chunk(2))
 
 
-class SFT(nn.Module):
+class SFT(Objective):
     """Supervised fine-tuning, the stage every preference method starts from: the negative
     log-likelihood of the response tokens, `Σ_{n,t} m_{n,t} (−log π_θ(y_t|x, y_<t)) / Σ m` (token mean).
 
     On a preference batch (2B stacked rows) the chosen half is trained (the TDPO/DPO pipelines'
-    SFT on chosen responses).
+    SFT on chosen responses). No divergence slot, no reference.
     """
 
     needs_reference: ClassVar[bool] = False
@@ -207,6 +215,5 @@ class SFT(nn.Module):
         self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits, labels = outputs["logits"], batch["labels"]
-        logps, mask = token_logps(logits[: len(logits) // 2], labels[: len(labels) // 2])
-        nll = -logps.sum() / mask.sum().clamp(min=1)
+        nll = mean_nll(logits[: len(logits) // 2], labels[: len(labels) // 2])
         return nll, {"nll": nll.detach()}

@@ -1,17 +1,17 @@
 """Progressive Self-Knowledge Distillation (PS-KD; Kim et al., ICCV 2021): the model's own past predictions as targets."""
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 
-if TYPE_CHECKING:
-    from kdlab.modules.base import ClassifierModule
+from kdlab.errors import ConfigError
+from kdlab.objectives.base import Objective, PrepareContext
+from kdlab.objectives.progress import Progress
 
 
-class PSKD(nn.Module):
+class PSKD(Objective):
     """`L = -Σ_c ỹ_c log softmax(z)_c` (mean over the batch) with progressive soft targets
 
     `ỹ_i = (1 - α_t) · onehot(y_i) + α_t · Π_i`,   `α_t = alpha_T · (t + 1) / E`
@@ -26,23 +26,23 @@ class PSKD(nn.Module):
     Published default (lgcnsai/PS-KD-Pytorch): alpha_T=0.8 (CIFAR-100, 300 epochs).
     """
 
-    def __init__(self, alpha_T: float = 0.8) -> None:
+    def __init__(self, *, alpha_T: float) -> None:
         super().__init__()
         if not 0 <= alpha_T <= 1:
-            raise ValueError(f"alpha_T must be in [0, 1], got {alpha_T}")
+            raise ConfigError(f"objective.alpha_T must be in [0, 1], got {alpha_T}")
         self.alpha_T = alpha_T
         self.register_buffer("predictions", None)  # [N_train, C], sized in `prepare`
         self.register_buffer("recorded", None)  # [N_train] bool
 
-    def prepare(self, module: "ClassifierModule") -> None:
+    def prepare(self, context: PrepareContext) -> None:
         """Size the prediction buffer by the training set and the number of classes."""
-        dataset = getattr(module.trainer.datamodule.train_dataloader(), "dataset", None)
+        dataset = getattr(context.train_loader(), "dataset", None)
         if dataset is None:
-            raise ValueError("PS-KD needs a training DataLoader over a dataset with a length (it keeps one row per sample)")
-        self.register_buffer("predictions", torch.zeros(len(dataset), module.num_classes))
+            raise ConfigError("PS-KD needs a training DataLoader over a dataset with a length (it keeps one row per sample)")
+        self.register_buffer("predictions", torch.zeros(len(dataset), context.num_classes))
         self.register_buffer("recorded", torch.zeros(len(dataset), dtype=torch.bool))
 
-    def alpha(self, progress: Any) -> float:
+    def alpha(self, progress: Progress) -> float:
         return self.alpha_T * progress.fraction_done()
 
     def targets(self, labels: torch.Tensor, index: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -61,7 +61,7 @@ class PSKD(nn.Module):
 
     def forward(self, outputs: dict[str, Any], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.predictions is None:
-            raise RuntimeError("PSKD.prepare(module) must run before the loss (the module calls it when fitting starts)")
+            raise RuntimeError("PSKD.prepare(context) must run before the loss (the module calls it when fitting starts)")
         logits, labels, index = outputs["logits"].float(), batch["label"], batch["index"]
         alpha = self.alpha(outputs["progress"])
         loss = F.cross_entropy(logits, self.targets(labels, index, alpha))

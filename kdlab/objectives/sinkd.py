@@ -4,15 +4,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from kdlab.divergences import get
-from kdlab.objectives.hinton_kd import Divergence
+from kdlab.divergences import Divergence, get
+from kdlab.errors import ConfigError
+from kdlab.objectives.base import Objective, OpenSlot
 
 MODES = ("code_faithful", "paper_clean")
 
 
-class SinKD(nn.Module):
+class SinKD(Objective):
     """`L = (1 - alpha) · CE(y, z_s) + alpha · KD_T + sinkhorn_weight · L_SinKD` on logits `[B, C]`.
 
     `L_SinKD` treats the batch's B student distributions `softmax(z_s/tau)` and B teacher
@@ -30,31 +30,34 @@ class SinKD(nn.Module):
     - `paper_clean`: log-domain iterations with marginals `1/B`, `L_SinKD = scale · ⟨P_uniform, C⟩`
       (the code's value / B after the same iterations), and `KD_T = T² · D(p_T ‖ q_T)`.
 
-    `D` is the divergence slot (forward KL in the paper). Published values (code and SST-2 script):
+    `D` is the divergence slot of the KD term (any registered divergence; forward KL in the paper). Published values (code and SST-2 script):
     tau=2, epsilon=0.1, n_iters=20, L1 cost, scale=1e-3, alpha=0.9, T=2, sinkhorn_weight=0.8. With
     epsilon > 0 the plan is not diagonal, so `L_SinKD > 0` even when student equals teacher.
     """
 
+    divergence_slot = OpenSlot()
+
     def __init__(
         self,
-        divergence: Divergence | None = None,
-        mode: str = "code_faithful",
-        alpha: float = 0.9,
-        temperature: float = 2.0,
-        sinkhorn_weight: float = 0.8,
-        tau: float = 2.0,
-        epsilon: float = 0.1,
-        n_iters: int = 20,
-        cost: str = "l1",
-        scale: float = 1e-3,
-        detach_plan: bool = False,
+        divergence: Divergence,
+        *,
+        mode: str,
+        alpha: float,
+        temperature: float,
+        sinkhorn_weight: float,
+        tau: float,
+        epsilon: float,
+        n_iters: int,
+        cost: str,
+        scale: float,
+        detach_plan: bool,
     ) -> None:
         super().__init__()
         if mode not in MODES:
-            raise ValueError(f"SinKD mode must be one of {MODES}, got {mode!r}")
+            raise ConfigError(f"SinKD objective.mode must be one of {MODES}, got {mode!r}")
         if temperature <= 0 or tau <= 0:
-            raise ValueError(f"temperature and tau must be > 0, got {temperature}, {tau}")
-        self.divergence = divergence if divergence is not None else get("fkl")
+            raise ConfigError(f"objective.temperature and objective.tau must be > 0, got {temperature}, {tau}")
+        self.divergence = self.divergence_slot.bind("SinKD", divergence)
         self.mode = mode
         self.alpha, self.temperature, self.sinkhorn_weight = alpha, temperature, sinkhorn_weight
         self.tau, self.scale = tau, scale

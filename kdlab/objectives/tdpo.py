@@ -2,26 +2,31 @@
 
 Checked against the official code (Vance0124/Token-level-Direct-Preference-Optimization,
 `trainers.py: tdpo_loss, _tdpo_get_batch_logps`), with one numerical change: the reference's
-log-probabilities come from `log_softmax`, not `softmax(...).log()` (METHODS §0.4 rule 4, §12.9).
+log-probabilities come from `log_softmax`, not `softmax(...).log()` (docs/methods.md §0.4 rule 4, §12.9).
 """
 
 import torch
 import torch.nn.functional as F
 
 from kdlab.divergences import get
-from kdlab.objectives.preference import Pairs, PreferenceObjective, token_logps
+from kdlab.errors import ConfigError
+from kdlab.objectives.base import FixedDivergence
+from kdlab.objectives.preference import Pairs, PreferenceObjective
+from kdlab.tokens import scored, token_logps
 
 TDPO_VARIANTS = ("tdpo1", "tdpo2")
+# SeqKL's per-token KL(π_ref ‖ π): the reference in the teacher slot, i.e. the library's forward KL.
+TOKEN_KL = FixedDivergence("fkl", "the per-token KL(π_ref‖π) that SeqKL sums")
 
 
 def sequential_kl(policy_logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """`SeqKL(y) = Σ_t m_t KL(π_ref(·|x, y_<t) ‖ π_θ(·|x, y_<t))`, exact over the vocabulary at every scored position.
 
-    `policy_logits, ref_logits [N, L, V]`, `labels [N, L]` (-100 = not scored) -> `[N]`. Reference first
+    `policy_logits, ref_logits [N, L, V]`, `labels [N, L]` (`IGNORE_INDEX` = not scored) -> `[N]`. Reference first
     (a forward KL from the reference to the policy), causal shift as in `token_logps`; fp32 log-space.
     """
-    mask = labels[:, 1:] != -100
-    return get("fkl")(policy_logits[:, :-1], ref_logits[:, :-1], mask=mask, reduction="none").sum(-1)
+    mask = scored(labels[:, 1:])
+    return get(TOKEN_KL.name)(policy_logits[:, :-1], ref_logits[:, :-1], mask=mask, reduction="none").sum(-1)
 
 
 def tdpo_loss(
@@ -58,14 +63,15 @@ class TDPO(PreferenceObjective):
     as in the official code; the preference probability is `σ(logits)`.
     """
 
+    divergence_slot = TOKEN_KL
     needs_reference_logits = True
 
-    def __init__(self, beta: float = 0.1, alpha: float = 0.5, variant: str = "tdpo2") -> None:
+    def __init__(self, *, beta: float, alpha: float, variant: str) -> None:
         super().__init__()
         if variant not in TDPO_VARIANTS:
-            raise ValueError(f"TDPO variant must be one of {TDPO_VARIANTS}, got {variant!r}")
+            raise ConfigError(f"TDPO objective.variant must be one of {TDPO_VARIANTS}, got {variant!r}")
         if beta <= 0:
-            raise ValueError(f"beta must be > 0, got {beta}")
+            raise ConfigError(f"objective.beta must be > 0, got {beta}")
         self.beta, self.alpha, self.variant = beta, alpha, variant
 
     def pairs(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> Pairs:

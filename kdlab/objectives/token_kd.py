@@ -1,25 +1,26 @@
-"""Token-level distillation of causal LMs (METHODS §7.0): the loss of lmkd, gkd, distillm and seqkd."""
+"""Token-level distillation of causal LMs (docs/methods.md §7.0): the loss of lmkd, gkd, distillm and seqkd."""
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from kdlab.divergences import chunked, get
+from kdlab.divergences import Divergence, chunked
+from kdlab.errors import ConfigError
+from kdlab.objectives.base import Objective, OpenSlot
 from kdlab.objectives.lm_chunks import fused_token_terms, token_nll
+from kdlab.tokens import scored
 
-IGNORE_INDEX = -100
 
-
-class TokenKD(nn.Module):
+class TokenKD(Objective):
     """`L = (1 - kd_ratio) · CE + kd_ratio · T² · D(p_T ‖ q_T)`, both token means over response tokens.
 
     With the causal shift, position t of the logits predicts `labels[t+1]`; a token counts when its
-    label is not -100 (prompt and padding never count), and every term is
+    label is not `IGNORE_INDEX` (prompt and padding never count), and every term is
     `Σ_{b,t} m_{b,t} ℓ_{b,t} / Σ_{b,t} m_{b,t}` ("token_mean", DistiLLM/ABKD/TRL-GKD):
-    `CE = -log q(y_t | x, y_<t)`, `D` any per-position divergence of `kdlab.divergences` summed over
-    the vocabulary (GKD: gjsd β=0.5; DistiLLM: skl/srkl α=0.1; ABKD: ab). `kd_ratio` r = 1 is pure
+    `CE = -log q(y_t | x, y_<t)`, `D` the divergence slot, any registered divergence summed over the
+    vocabulary (GKD: gjsd β=0.5; DistiLLM: skl/srkl α=0.1; ABKD: ab); a batch-level one (sinkhorn,
+    which couples all response tokens of a batch) only with `chunk_size=None` and `fused=False`. `kd_ratio` r = 1 is pure
     distillation (DistiLLM/ABKD scripts), r = 0 is SFT on the responses (SeqKD on teacher samples);
     the term with weight 0 is still computed, without gradient, and logged.
 
@@ -32,31 +33,26 @@ class TokenKD(nn.Module):
     Logs: `ce`, `kd` (the divergence before T² and weighting), `tokens` (response tokens in the batch).
     """
 
-    def __init__(
-        self,
-        divergence: Callable[..., Tensor] | None = None,
-        kd_ratio: float = 1.0,
-        temperature: float = 1.0,
-        chunk_size: int | None = None,
-        fused: bool = False,
-    ) -> None:
+    divergence_slot = OpenSlot()
+
+    def __init__(self, divergence: Divergence, *, kd_ratio: float, temperature: float, chunk_size: int | None, fused: bool) -> None:
         super().__init__()
         if not 0.0 <= kd_ratio <= 1.0:
-            raise ValueError(f"kd_ratio must be in [0, 1], got {kd_ratio}")
+            raise ConfigError(f"objective.kd_ratio must be in [0, 1], got {kd_ratio}")
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise ConfigError(f"objective.temperature must be > 0, got {temperature}")
         if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1 or null, got {chunk_size}")
-        self.divergence = divergence if divergence is not None else get("fkl")
-        base = getattr(self.divergence, "func", self.divergence)
-        if getattr(base, "batch_level", False) and (fused or chunk_size is not None):
-            raise ValueError(f"{getattr(base, '__name__', base)} couples all positions of a batch: it needs fused=false and chunk_size=null")
+            raise ConfigError(f"objective.chunk_size must be >= 1 or null, got {chunk_size}")
+        self.divergence = self.divergence_slot.bind("TokenKD", divergence)
+        if self.divergence.batch_level and (fused or chunk_size is not None):
+            raise ConfigError(f"divergence={self.divergence.name} couples all positions of a batch: "
+                              "it needs objective.fused=false and objective.chunk_size=null")
         self.kd_ratio, self.temperature, self.chunk_size, self.fused = kd_ratio, temperature, chunk_size, fused
         self.chunked_divergence = chunked(self.divergence, chunk_size) if chunk_size is not None else self.divergence
 
     def forward(self, outputs: dict[str, Any], batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        labels = batch["labels"][:, 1:]
-        mask = labels != IGNORE_INDEX
+        labels = batch["labels"][:, 1:]  # the causal shift: position t of the logits predicts labels[t+1]
+        mask = scored(labels)
         targets = labels[mask]
         if self.fused:  # one pass makes both terms from the same chunk logits
             divergence, nll = fused_token_terms(

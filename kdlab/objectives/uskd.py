@@ -1,15 +1,14 @@
 """Universal Self-Knowledge Distillation (USKD; Yang et al., ICCV 2023, arXiv 2303.13005): no teacher."""
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdlab.errors import ConfigError
+from kdlab.objectives.base import Objective, PrepareContext
 from kdlab.objectives.targets import non_target, target_column
-
-if TYPE_CHECKING:
-    from kdlab.modules.base import ClassifierModule
 
 
 def global_pool(feature_map: torch.Tensor) -> torch.Tensor:
@@ -25,7 +24,7 @@ def zipf_non_target_labels(scores: torch.Tensor, labels: torch.Tensor) -> torch.
     return weights / weights.sum(dim=-1, keepdim=True)
 
 
-class USKD(nn.Module):
+class USKD(Objective):
     """`L = ce_weight · CE(y, q) + alpha · L_t + beta · L_nt + L_weak` for one model's logits `z` `[B, C]`
     and a mid-level feature map (`features["stages"][stage]`, global-pooled to `[B, channels]`).
 
@@ -37,7 +36,7 @@ class USKD(nn.Module):
       the denominators) get Zipf labels `ẑ` (`zipf_non_target_labels`, detached);
       `L_nt = -Σ_{c≠y} ẑ_c log softmax(z[¬y])_c`.
     `rank_uses_log_probs=True` takes `s = log_softmax(z)` as the official code does (its
-    probabilities are overwritten by log-probabilities before the ranking; METHODS §12.4);
+    probabilities are overwritten by log-probabilities before the ranking; docs/methods.md §12.4);
     False takes `s = softmax(z)`, what the paper's text describes.
 
     Published defaults (yzd-v/cls_KD `res18_sd_cifar.py`): CIFAR-100 alpha=0.1, beta=0.1, mu=0.1;
@@ -46,17 +45,9 @@ class USKD(nn.Module):
     when fitting starts (`prepare`). The framework adds the model's CE (`ce_weight=1`).
     """
 
-    needs_features: ClassVar[bool] = True
+    needs_features = True
 
-    def __init__(
-        self,
-        alpha: float = 0.1,
-        beta: float = 0.1,
-        mu: float = 0.1,
-        stage: int = -2,
-        rank_uses_log_probs: bool = True,
-        ce_weight: float = 1.0,
-    ) -> None:
+    def __init__(self, *, alpha: float, beta: float, mu: float, stage: int, rank_uses_log_probs: bool, ce_weight: float) -> None:
         super().__init__()
         self.alpha, self.beta, self.mu = alpha, beta, mu
         self.stage = stage
@@ -64,16 +55,16 @@ class USKD(nn.Module):
         self.ce_weight = ce_weight
         self.weak_head: nn.Linear | None = None
 
-    def prepare(self, module: "ClassifierModule") -> None:
-        """Build the weak head for the width of the chosen stage of `module.model`."""
-        stages = module.example_features(module.model)["stages"]
+    def prepare(self, context: PrepareContext) -> None:
+        """Build the weak head for the width of the chosen stage of the model."""
+        stages = context.example_features(context.model)["stages"]
         if not -len(stages) <= self.stage < len(stages):
-            raise ValueError(f"USKD stage={self.stage} does not exist: the model has {len(stages)} stages")
-        self.weak_head = nn.Linear(stages[self.stage].shape[1], module.num_classes)
+            raise ConfigError(f"USKD objective.stage={self.stage} does not exist: the model has {len(stages)} stages")
+        self.weak_head = nn.Linear(stages[self.stage].shape[1], context.num_classes)
 
     def forward(self, outputs: dict[str, Any], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.weak_head is None:
-            raise RuntimeError("USKD.prepare(module) must run before the loss (the module calls it when fitting starts)")
+            raise RuntimeError("USKD.prepare(context) must run before the loss (the module calls it when fitting starts)")
         logits, labels = outputs["logits"].float(), batch["label"]
         log_q = logits.log_softmax(dim=-1)
         ce = F.cross_entropy(logits, labels)

@@ -1,4 +1,4 @@
-"""The oracle → teacher chain of the teacher-hacking protocol (Tiapkin et al. 2025, arXiv 2502.02671; METHODS §7.9).
+"""The oracle → teacher chain of the teacher-hacking protocol (Tiapkin et al. 2025, arXiv 2502.02671; docs/methods.md §7.9).
 
 - The **oracle** p* is a small GPT-2 with random weights drawn from `seed` (standard deviation
   `init_std`), its logits divided by `temperature` (sharpened when < 1): a known, exactly computable
@@ -20,8 +20,8 @@ from filelock import FileLock
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from kdlab.fingerprint import fingerprint
-from kdlab.objectives.preference import token_logps
 from kdlab.results import write_json_atomic
+from kdlab.tokens import IGNORE_INDEX, mean_nll
 
 log = logging.getLogger(__name__)
 BOS = 0
@@ -103,12 +103,11 @@ def _train_teacher(oracle: dict[str, Any], teacher: dict[str, Any]) -> GPT2LMHea
         model = gpt2(oracle["vocab_size"], length, teacher["n_layer"], teacher["n_embd"], teacher["n_head"])
         optimizer = torch.optim.AdamW(model.parameters(), lr=teacher["lr"])
         labels = corpus.clone()
-        labels[:, 0] = -100
+        labels[:, 0] = IGNORE_INDEX
         model.train()
         for _ in range(teacher["epochs"]):
             for rows in torch.randperm(len(corpus), generator=generator).split(teacher["batch_size"]):
-                logps, mask = token_logps(model(input_ids=corpus[rows]).logits, labels[rows])
-                loss = -logps.sum() / mask.sum()
+                loss = mean_nll(model(input_ids=corpus[rows]).logits, labels[rows])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -11,7 +11,6 @@ while the golden metric rises: the step where the golden curve is lowest is mark
   `MultirunTeacherHacking` (Hydra callback) calls it when a multirun ends.
 """
 
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from omegaconf import DictConfig
 
-from kdlab.results import RESULTS_FILE
+from kdlab.run_logs import completed_curves
 
 log = logging.getLogger(__name__)
 
@@ -134,19 +133,10 @@ def multirun_teacher_hacking(sweep_dir: str | Path) -> Path | None:
     step) into `<sweep_dir>/teacher_hacking.png`; None when there is none."""
     sweep_dir = Path(sweep_dir)
     runs: dict[str, dict[str, list[pd.DataFrame]]] = {}
-    for results in sorted(sweep_dir.glob(f"*/{RESULTS_FILE}")):
-        record = json.loads(results.read_text())
-        metrics_csv = results.parent / "csv" / "metrics.csv"
-        if record.get("status") != "completed" or not metrics_csv.exists():
-            continue
-        frame = pd.read_csv(metrics_csv)
-        columns = {f"val/{name}": name for name in METRICS}
-        if not set(columns) <= set(frame.columns):
-            continue
-        curve = frame.dropna(subset=list(columns))[["step", *columns]].rename(columns=columns)
+    for record, curve in completed_curves(sweep_dir, METRICS):
         online = (record.get("config") or {}).get("dataset", {}).get("datamodule", {}).get("online", False)
         label = f"{record.get('method')} {record.get('divergence')}"
-        runs.setdefault("online" if online else "offline", {}).setdefault(label, []).append(curve.groupby("step", as_index=False).last())
+        runs.setdefault("online" if online else "offline", {}).setdefault(label, []).append(curve)
     if not runs:
         return None
     curves = {regime: {label: pd.concat(frames).groupby("step", as_index=False).mean() for label, frames in sorted(by_label.items())}

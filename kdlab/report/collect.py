@@ -22,6 +22,7 @@ STATUSES = ("completed", "failed")  # what kdlab.run writes into `status`
 COMPLETED_FIELDS = ("run_name", "method", "seed", "metrics", "config")  # every completed kdlab record has them
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 HYDRA_OVERRIDES = Path(".hydra") / "overrides.yaml"
+HYDRA_RUNTIME = Path(".hydra") / "hydra.yaml"
 METRICS_CSV = Path("csv") / "metrics.csv"
 
 
@@ -176,6 +177,14 @@ def record_problem(record: Any) -> str | None:
     return None
 
 
+def composed_method(run_dir: Path) -> str | None:
+    """The method preset the run composed (Hydra's `runtime.choices.method` in `.hydra/hydra.yaml`)."""
+    try:
+        return OmegaConf.load(run_dir / HYDRA_RUNTIME).hydra.runtime.choices.get("method")
+    except Exception:  # a half-written or foreign file must not stop the report
+        return None
+
+
 def read_incomplete(run_dir: Path) -> Run:
     """A run without `results.json`, identified from the config Hydra saved when it started."""
     try:
@@ -186,7 +195,7 @@ def read_incomplete(run_dir: Path) -> Run:
         return Run(run_dir, "incomplete", error=f"no {RESULTS_FILE}; {HYDRA_CONFIG} is not a mapping")
     divergence = config.get("divergence")
     record = {
-        "method": config.get("method"),
+        "method": composed_method(run_dir),
         "divergence": divergence.get("name") if isinstance(divergence, dict) else divergence,
         "model": lookup(config, "model.name"),
         "dataset": lookup(config, "dataset.name"),

@@ -11,7 +11,6 @@ A run's trajectory is one line; the final test evaluation is a star.
   when a multirun ends, `kdlab report` may call it too.
 """
 
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,7 +23,7 @@ from lightning.pytorch.loggers import WandbLogger
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
-from kdlab.results import RESULTS_FILE
+from kdlab.run_logs import completed_curves
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +91,9 @@ def multirun_tradeoff(sweep_dir: str | Path) -> Path | None:
     sweep_dir = Path(sweep_dir)
     runs: dict[str, list[pd.DataFrame]] = {}
     finals: dict[str, list[pd.Series]] = {}
-    for results in sorted(sweep_dir.glob(f"*/{RESULTS_FILE}")):
-        record = json.loads(results.read_text())
-        metrics_csv = results.parent / "csv" / "metrics.csv"
-        if record.get("status") != "completed" or not metrics_csv.exists():
-            continue
-        frame = pd.read_csv(metrics_csv)
-        columns = {f"val/{name}": name for name in COLUMNS[1:]}
-        if not set(columns) <= set(frame.columns):
-            continue
-        curve = frame.dropna(subset=list(columns))[["step", *columns]].rename(columns=columns)
+    for record, curve in completed_curves(sweep_dir, COLUMNS[1:]):
         label = _label(record)
-        runs.setdefault(label, []).append(curve.groupby("step", as_index=False).last())
+        runs.setdefault(label, []).append(curve)
         final = {name: record["metrics"].get(f"test/{name}") for name in COLUMNS[1:]}
         if None not in final.values():
             finals.setdefault(label, []).append(pd.Series(final))
@@ -120,8 +110,9 @@ def multirun_tradeoff(sweep_dir: str | Path) -> Path | None:
 
 
 def _label(record: dict) -> str:
+    """The run's divergence as results.json records it (with α for the alpha-divergence)."""
     divergence = record.get("divergence") or "?"
-    alpha = (record.get("config") or {}).get("objective", {}).get("alpha")
+    alpha = (record.get("divergence_params") or {}).get("alpha")
     return f"{divergence} (α={alpha})" if divergence == "alpha" and alpha is not None else str(divergence)
 
 

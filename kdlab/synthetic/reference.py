@@ -17,16 +17,16 @@ from filelock import FileLock
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from kdlab.fingerprint import fingerprint
-from kdlab.objectives.preference import IGNORE_INDEX, token_logps
 from kdlab.results import write_json_atomic
 from kdlab.synthetic.task import KnownRewardTask
+from kdlab.tokens import IGNORE_INDEX, mean_nll
 
 log = logging.getLogger(__name__)
 
 
 def prompt_and_response(task: KnownRewardTask, responses: torch.Tensor) -> dict[str, torch.Tensor]:
     """`[N, T]` responses -> the LM layout: `input_ids [N, 1+T]` (the prompt token first), `attention_mask`,
-    `labels` (-100 on the prompt)."""
+    `labels` (`IGNORE_INDEX` on the prompt)."""
     input_ids = torch.cat([torch.full((len(responses), 1), task.bos), responses], dim=1)
     labels = input_ids.clone()
     labels[:, 0] = IGNORE_INDEX
@@ -71,8 +71,7 @@ def _train(task: KnownRewardTask, model: dict[str, Any], recipe: dict[str, Any])
         for _ in range(recipe["epochs"]):
             for rows in torch.randperm(len(corpus["input_ids"]), generator=generator).split(recipe["batch_size"]):
                 logits = policy(input_ids=corpus["input_ids"][rows], attention_mask=corpus["attention_mask"][rows]).logits
-                logps, mask = token_logps(logits, corpus["labels"][rows])
-                loss = -logps.sum() / mask.sum()
+                loss = mean_nll(logits, corpus["labels"][rows])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
