@@ -82,7 +82,7 @@ class TeacherHackingPlot(L.Callback):
         if not trainer.is_global_zero or history.empty or not set(METRICS) <= set(history):
             return
         curve = history.drop_duplicates("step", keep="last").reset_index(drop=True)
-        divergence = pl_module.objective.divergence.name
+        divergence = pl_module.objective.used_divergence().name
         regime = "online" if getattr(trainer.datamodule, "online", False) else "offline"
         path = Path(trainer.default_root_dir) / FIGURE
         hacking_figure({f"{divergence}, {regime} data": curve}, title="oracle → teacher → student").savefig(path, dpi=160)

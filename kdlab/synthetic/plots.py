@@ -74,7 +74,8 @@ class TradeoffPlot(L.Callback):
         history = pd.DataFrame(getattr(pl_module, "sample_history", []))
         if not trainer.is_global_zero or history.empty or "reward" not in history:
             return
-        label = getattr(pl_module.objective, "divergence", None) or type(pl_module.objective).__name__
+        used = pl_module.objective.used_divergence()
+        label = used.name if used is not None else type(pl_module.objective).__name__
         curve = history[history["split"] == "val"].drop_duplicates("step", keep="last")[list(COLUMNS)]
         tests = history[history["split"] == "test"]
         finals = {label: tests.iloc[-1]} if not tests.empty else None
