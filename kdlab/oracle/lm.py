@@ -12,6 +12,10 @@
   the same way to `sequences` fresh samples of the pre-training corpus' own distribution: oracle
   text of which a fraction `noise` has uniformly random responses (`corrupt`), cached as
   `<cache_dir>/oracle_reference-<fingerprint>/`.
+- **Domains** (DDK, docs/methods.md §7.8): N oracles, one per domain, over one vocabulary and one
+  sequence layout; domain i's sequences start with token i (its tag) instead of BOS. The domain
+  teacher (`domain_teacher_lm`) is one GPT-2 fitted to `sequences` samples of every domain, cached as
+  `<cache_dir>/oracle_domain_teacher-<fingerprint>/`.
 """
 
 import logging
@@ -136,6 +140,32 @@ def reference_lm(oracle: Mapping[str, Any], reference: Mapping[str, Any], noise:
         return fit_lm(corpus, reference, oracle["vocab_size"], generator, init_seed=oracle["seed"] + 6)
 
     return _cached("reference", {"oracle": oracle, "reference": reference, "noise": noise}, cache_dir, build)
+
+
+def domain_oracles(domains: Mapping[str, Mapping[str, Any]]) -> dict[str, GPT2LMHeadModel]:
+    """One oracle per domain (name -> spec, in order; domain i's tag is token i). ValueError unless the
+    domains share the vocabulary and the prompt and response lengths, with a tag for each."""
+    specs = {name: _spec(spec, ORACLE_KEYS, f"domain {name!r} oracle") for name, spec in domains.items()}
+    shapes = {(spec["vocab_size"], spec["prompt_length"], spec["response_length"]) for spec in specs.values()}
+    if len(shapes) != 1 or len(specs) < 2 or len(specs) > next(iter(shapes))[0]:
+        raise ValueError(f"domains need one vocab_size, prompt_length and response_length, and 2 <= N <= vocab_size domains; got {shapes} for {len(specs)}")
+    return {name: oracle_lm(spec) for name, spec in specs.items()}
+
+
+def domain_teacher_lm(domains: Mapping[str, Mapping[str, Any]], teacher: Mapping[str, Any], cache_dir: str | None = None) -> GPT2LMHeadModel:
+    """The teacher of a domain mixture (see the module docstring): `teacher.sequences` samples of each
+    domain's oracle, tagged, pooled; seeds from the first domain's seed (+1 corpus and order, +2 init)."""
+    teacher = _spec(teacher, TEACHER_KEYS, "teacher")
+    specs = {name: _spec(spec, ORACLE_KEYS, f"domain {name!r} oracle") for name, spec in domains.items()}
+
+    def build() -> GPT2LMHeadModel:
+        first = next(iter(specs.values()))
+        generator = torch.Generator().manual_seed(first["seed"] + 1)
+        corpus = torch.cat([sample_sequences(oracle, teacher["sequences"], sequence_length(first), generator, start=tag)
+                            for tag, oracle in enumerate(domain_oracles(specs).values())])
+        return fit_lm(corpus, teacher, first["vocab_size"], generator, init_seed=first["seed"] + 2)
+
+    return _cached("domain_teacher", {"domains": list(specs.items()), "teacher": teacher}, cache_dir, build)  # ordered: tags follow the order
 
 
 def fit_lm(corpus: torch.Tensor, spec: Mapping[str, Any], vocab_size: int, generator: torch.Generator, init_seed: int) -> GPT2LMHeadModel:
