@@ -18,7 +18,7 @@ The selection is recomputed (deterministically) when a run resumes. Scores are c
 models in eval mode, `batch_size` instances at a time, on the module's device.
 """
 
-import json
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from kdlab.data.miniplm import difference_sample, difference_scores, instance_nll
 from kdlab.errors import ConfigError
+from kdlab.results import write_atomic, write_json_atomic
 
 SUMMARY_FILE = "difference_sampling.json"
 SCORES_FILE = "difference_scores.pt"
@@ -73,8 +74,10 @@ class DifferenceSampling(L.Callback):
         if trainer.is_global_zero:
             directory = Path(trainer.default_root_dir)
             directory.mkdir(parents=True, exist_ok=True)
-            (directory / SUMMARY_FILE).write_text(json.dumps(self.summary, indent=2) + "\n")
-            torch.save({"teacher_nll": teacher_nll, "reference_nll": reference_nll, "score": scores, "kept": mask}, directory / SCORES_FILE)
+            write_json_atomic(directory / SUMMARY_FILE, self.summary)
+            buffer = io.BytesIO()
+            torch.save({"teacher_nll": teacher_nll, "reference_nll": reference_nll, "score": scores, "kept": mask}, buffer)
+            write_atomic(directory / SCORES_FILE, buffer.getvalue())
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.log_dict({f"miniplm/{name}": float(value) for name, value in self.summary.items()}, on_step=False, on_epoch=True)

@@ -24,7 +24,6 @@ domain's true language, estimated on its held-out text); at test the same under 
 The history is written to `<run dir>/ddk_weights.json` and drawn in `<run dir>/ddk_weights.png`.
 """
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from kdlab.errors import ConfigError
+from kdlab.results import write_json_atomic
 from kdlab.models.hf import lm_forward
 from kdlab.tokens import token_logps
 
@@ -126,7 +126,7 @@ class DomainReweighting(L.Callback):
             return
         directory = Path(trainer.default_root_dir)
         domains = trainer.datamodule.domains
-        (directory / HISTORY_FILE).write_text(json.dumps({"domains": domains, "history": self.history}, indent=1) + "\n")
+        write_json_atomic(directory / HISTORY_FILE, {"domains": domains, "history": self.history})
         weights_figure(domains, self.history).savefig(directory / FIGURE, dpi=120)
 
     def state_dict(self) -> dict[str, Any]:
