@@ -48,6 +48,7 @@ METHODS = {
     "gkd": ["module.source.probability=1.0", "module.source.max_new_tokens=6", "objective.fused=true", "objective.chunk_size=4"],
     "distillm": ["module.source.init_threshold=1.0", "module.source.max_new_tokens=6", "module.source.capacity=1"],
     "seqkd": ["module.source.max_new_tokens=6"],
+    "abkd_lm": [],
 }
 
 

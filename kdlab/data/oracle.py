@@ -5,7 +5,9 @@ p_T (`kdlab.oracle.lm`), and the splits, all seeded by the oracle's seed:
 
 - train, `online=False` (offline): `prompts.train` prompts sampled from p*, each with
   `completions` responses sampled once from `responses` ("teacher": p_T, the paper's distillation
-  corpus; or "oracle"); the student meets this fixed corpus every epoch.
+  corpus; or "oracle": a pre-training corpus of true text); the student meets this fixed corpus every
+  epoch. With `noise` > 0, that fraction of the training rows get uniformly random responses (junk
+  documents, for MiniPLM's difference sampling, docs/methods.md §7.7); `noisy [N]` marks them.
 - train, `online=True`: every batch is `batch_size` fresh prompts from p* with fresh responses from
   `responses`, `batches_per_epoch` batches an epoch (the paper's online generation).
 - val/test: `prompts.val` / `prompts.test` held-out sequences sampled from p* (prompt and response):
@@ -25,7 +27,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from kdlab.data.splits import SplitDataModule
-from kdlab.oracle.lm import continue_sequences, oracle_lm, sample_sequences, sequence_length, teacher_lm
+from kdlab.errors import ConfigError
+from kdlab.oracle.lm import continue_sequences, corrupt, oracle_lm, sample_sequences, sequence_length, teacher_lm
 from kdlab.tokens import IGNORE_INDEX
 
 SPLITS = ("train", "val", "test")
@@ -84,19 +87,23 @@ class OracleDataModule(SplitDataModule):
         batch_size: int = 32,
         cache_dir: str | None = None,
         num_workers: int = 0,
+        noise: float = 0.0,
     ) -> None:
         super().__init__(batch_size, num_workers)
         if responses not in ("teacher", "oracle"):
             raise ValueError(f"responses must be 'teacher' or 'oracle', got {responses!r}")
         if set(prompts) != set(SPLITS) or min(prompts.values()) < 1 or completions < 1:
             raise ValueError(f"prompts needs a positive count for each of {SPLITS} and completions >= 1, got {dict(prompts)}, {completions}")
+        if not 0.0 <= noise <= 1.0 or (noise > 0 and online):
+            raise ConfigError(f"dataset.datamodule.noise must be in [0, 1] and is for the offline corpus only, got {noise} (online={online})")
         self.oracle_spec, self.teacher_spec, self.prompts = dict(oracle), dict(teacher), dict(prompts)
         self.responses, self.completions, self.online, self.batches_per_epoch = responses, completions, online, batches_per_epoch
-        self.cache_dir = cache_dir
+        self.cache_dir, self.noise = cache_dir, noise
         self.prompt_length = self.oracle_spec["prompt_length"]
         self.oracle = None
         self.teacher = None
         self.sequences: dict[str, torch.Tensor] = {}
+        self.noisy: torch.Tensor | None = None  # [N] bool: training rows with junk responses
 
     @property
     def vocab_size(self) -> int:
@@ -115,7 +122,8 @@ class OracleDataModule(SplitDataModule):
         for split in ("val", "test"):
             self.sequences[split] = sample_sequences(self.oracle, self.prompts[split], length, generator)
         prompts = sample_sequences(self.oracle, self.prompts["train"], 1 + self.prompt_length, generator)
-        self.sequences["train"] = self.complete(prompts.repeat_interleave(self.completions, dim=0), generator)
+        train = self.complete(prompts.repeat_interleave(self.completions, dim=0), generator)
+        self.sequences["train"], self.noisy = corrupt(train, self.noise, 1 + self.prompt_length, self.vocab_size, generator)
 
     def complete(self, prompts: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Prompts `[N, 1+P]` followed by responses sampled (T=1) from `responses`."""
@@ -131,6 +139,11 @@ class OracleDataModule(SplitDataModule):
 
     def collate(self, items: list[tuple[int, torch.Tensor]]) -> dict[str, torch.Tensor]:
         return as_batch(torch.stack([sequence for _, sequence in items]), self.prompt_length, torch.tensor([index for index, _ in items]))
+
+    def select_train(self, indices) -> None:
+        if self.online:
+            raise ConfigError("dataset=oracle_online draws fresh data every batch: a selection of the training corpus needs dataset=oracle")
+        super().select_train(indices)
 
     def train_dataloader(self) -> DataLoader:
         if not self.online:

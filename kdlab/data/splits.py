@@ -1,16 +1,18 @@
 """What every kdlab datamodule with fixed train/val/test splits shares: its three loaders."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 
 class SplitDataModule(L.LightningDataModule):
     """A datamodule that builds `split_dataset("train" | "val" | "test")` in `setup`.
 
     Loaders batch `batch_size` items (shuffled for training) with the subclass's `collate`
-    (None: torch's default collation) in `num_workers` worker processes.
+    (None: torch's default collation) in `num_workers` worker processes. `select_train(indices)`
+    restricts the training loader to those items of the train split (a data-selection method such as
+    MiniPLM's difference sampling, docs/methods.md §7.7); the items keep their own `index`.
     """
 
     collate: Callable | None = None
@@ -19,13 +21,21 @@ class SplitDataModule(L.LightningDataModule):
         super().__init__()
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.train_indices: list[int] | None = None
+
+    def select_train(self, indices: Sequence[int]) -> None:
+        """Train on the items `indices` of the train split only (in the loaders built from now on)."""
+        self.train_indices = [int(i) for i in indices]
 
     def split_dataset(self, split: str) -> Dataset:
         raise NotImplementedError
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.split_dataset(split)
+        if split == "train" and self.train_indices is not None:
+            dataset = Subset(dataset, self.train_indices)
         return DataLoader(
-            self.split_dataset(split),
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             collate_fn=self.collate,
