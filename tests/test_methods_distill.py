@@ -84,7 +84,7 @@ def test_mcmi_teacher_is_trained_once_and_reused_by_every_student_method(tmp_pat
     assert [r["teacher"]["source"] for r in (first, second, preset, plain)] == ["trained", "cache", "cache", "cache"]
     assert first["teacher"]["fingerprint"] == second["teacher"]["fingerprint"] == preset["teacher"]["fingerprint"]
     assert plain["teacher"]["fingerprint"] != first["teacher"]["fingerprint"]  # the MLE teacher it started from
-    entries = {path.parent.name: path.parent for path in (tmp_path / "teachers").glob("*/teacher.pt")}
+    entries = {path.parent.name: path.parent for path in (tmp_path / "teachers").glob("*/teacher.safetensors")}
     assert set(entries) == {first["teacher"]["fingerprint"], plain["teacher"]["fingerprint"]}
     mcmi_metrics = json.loads((entries[first["teacher"]["fingerprint"]] / "metrics.json").read_text())
     mle_metrics = json.loads((entries[plain["teacher"]["fingerprint"]] / "metrics.json").read_text())
