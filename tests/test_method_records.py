@@ -35,7 +35,8 @@ def composed(method: str, divergence: str | None = "preset") -> DictConfig:
 
 
 def accepted(method: str) -> str | None:
-    """A divergence the method's objective takes (for an open slot, another one than its preset's default)."""
+    """A divergence the method's objective takes (for an open slot, another one than its preset's default
+    when the slot has another: ABKD's takes only `ab`)."""
     slot = SLOTS[method]
     if isinstance(slot, NoDivergence):
         return None
@@ -43,7 +44,7 @@ def accepted(method: str) -> str | None:
         return slot.name
     names = slot.names or tuple(REGISTRY)
     default = composed(method).divergence.name
-    return next(name for name in names if name != default)
+    return next((name for name in names if name != default), default)
 
 
 def refused(method: str) -> str | None:
@@ -106,7 +107,7 @@ def test_the_suggestions_are_the_methods_of_the_same_regime(tmp_path: Path) -> N
         return str(error.value)
 
     assert refusal(["+method=dpo", "divergence=js"]).endswith("for divergence=js use +method=fdpo")
-    assert refusal(["+method=nkd", "divergence=js"]).endswith("for divergence=js use +method=dkd|kd|nd|sinkd")
+    assert refusal(["+method=nkd", "divergence=js"]).endswith("for divergence=js use +method=dkd|kd|mcmi|nd|sinkd|tgeo")
     assert "fixes its divergence to rkl" in refusal(["+method=ipo", "divergence=fkl"])
     assert refusal(["+method=tdpo", "divergence.drop_teacher_entropy=true"]).endswith("drop divergence.drop_teacher_entropy=True")
     assert "takes divergence=rkl|fkl|js|alpha" in refusal(["+method=fdpo", "divergence=tvd"])
@@ -115,7 +116,7 @@ def test_the_suggestions_are_the_methods_of_the_same_regime(tmp_path: Path) -> N
 def test_a_refused_divergence_fails_before_any_data_or_model_is_built(tmp_path: Path) -> None:
     cfg = compose_train(["+method=nkd", "divergence=js", "logger=none", f"paths.output_dir={tmp_path / 'run'}",
                          f"paths.log_dir={tmp_path}", "paths.data_dir=/nonexistent"], tmp_path)
-    with pytest.raises(ConfigError, match="use \\+method=dkd\\|kd\\|nd\\|sinkd"):
+    with pytest.raises(ConfigError, match="use \\+method=dkd\\|kd\\|mcmi\\|nd\\|sinkd\\|tgeo"):
         run(cfg)
     record = json.loads((tmp_path / "run" / "results.json").read_text())
     assert (record["status"], record["method"], record["divergence"], record["objective"]) == ("failed", "nkd", "js", None)

@@ -1,4 +1,4 @@
-"""Grid presets, Optuna presets, W&B sweep files, the SLURM preset and one-GPU-per-job assignment:
+"""Optuna presets, W&B sweep files, the SLURM preset and one-GPU-per-job assignment:
 every command they would run composes, and the launchers run on CPU where they can without a cluster."""
 
 import itertools
@@ -52,23 +52,6 @@ def assert_job(overrides: list[str], tmp_path: Path, fixed: tuple[str, ...] = ()
         actual = {"method": cfg.hydra.runtime.choices.method, "divergence": cfg.divergence.name}.get(key, OmegaConf.select(cfg, key))
         assert str(actual) == value or float(actual) == pytest.approx(float(value)), (override, actual)
     return cfg
-
-
-# ---- Hydra grid presets (experiment=grid_*) ---------------------------------------------------------
-
-GRIDS = sorted(p.stem for p in (CONF / "experiment").glob("grid_*.yaml"))
-
-
-@pytest.mark.parametrize("grid", GRIDS)
-def test_grid_preset_jobs_compose(grid: str, tmp_path: Path) -> None:
-    params = compose_with_hydra([f"experiment={grid}"], tmp_path).hydra.sweeper.params
-    axes = {key: str(values).split(",") for key, values in params.items()}
-    assert {"method", "divergence", "seed"} <= set(axes)
-    assert all(seed.isdigit() for seed in axes["seed"]) and len(axes["seed"]) >= 3
-    jobs = [[f"experiment={grid}", *(f"{k}={v}" for k, v in zip(axes, combo))] for combo in itertools.product(*one_seed(axes).values())]
-    assert len(jobs) == len(axes["method"]) * len(axes["divergence"]) > 1
-    for job in jobs:
-        assert_job(job[1:], tmp_path, fixed=(job[0],))
 
 
 # ---- Optuna presets (hparams_search=*) --------------------------------------------------------------
