@@ -26,6 +26,7 @@ def sample_responses(
     pad_token_id: int | None = None,
     temperature: float = 1.0,
     mix: tuple[nn.Module, float] | None = None,
+    vocab_size: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Ancestral samples, one per prompt row: at each step the next token is drawn from
     `softmax(logits / temperature)` of `model` (1: no top-k/top-p truncation, so the samples follow the
@@ -41,7 +42,8 @@ def sample_responses(
     drawn from, aligned with `token_logps` (0 where not scored). The draws use torch's global RNG
     exactly as `transformers`' `generate(do_sample=True)` does (one `multinomial` per step), so with
     no mixture the tokens equal `generate`'s for the same seed. A model that can end its responses
-    needs `pad_token_id` beside `eos_token_id`.
+    needs `pad_token_id` beside `eos_token_id`. `vocab_size`: only the first `vocab_size` logits are
+    sampled from (models whose output rows exceed the tokenizer's, e.g. a padded teacher in a mixture).
     """
     if eos_token_id is not None and pad_token_id is None:
         raise ValueError("sampling responses that can end at eos_token_id needs a pad_token_id for the rows that end early")
@@ -54,7 +56,7 @@ def sample_responses(
             raise ValueError(f"the mixture weight must be in [0, 1], got {alpha}")
         models, weights = [model, other], [1.0 - alpha, alpha]
     with torch.inference_mode():
-        responses, logps = _draw(models, weights, prompt_ids, prompt_mask, max_new_tokens, eos_token_id, pad_token_id, temperature)
+        responses, logps = _draw(models, weights, prompt_ids, prompt_mask, max_new_tokens, eos_token_id, pad_token_id, temperature, vocab_size)
     responses, logps = responses.clone(), logps.clone()  # ordinary tensors: autograd may save them later
     response_mask = torch.ones_like(responses, dtype=torch.bool)
     if eos_token_id is not None:  # everything after the first EOS is padding
@@ -83,6 +85,7 @@ def _draw(
     eos_token_id: int | None,
     pad_token_id: int | None,
     temperature: float,
+    vocab_size: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The decoding loop: `(tokens [N, T], log-probs of the drawn tokens under the sampled mixture [N, T])`."""
     drawn = [(model, weight) for model, weight in zip(models, weights) if weight > 0.0]  # a zero weight needs no forward pass
@@ -97,7 +100,7 @@ def _draw(
             out = model(input_ids=inputs, attention_mask=attention, position_ids=positions, use_cache=True, logits_to_keep=1,
                         **{_cache_argument(model): caches[index]})
             caches[index] = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
-            scores.append(out.logits[:, -1].float() / temperature)
+            scores.append(out.logits[:, -1, :vocab_size].float() / temperature)
         if len(drawn) == 1:  # `generate`'s own arithmetic: softmax of the scores, then one multinomial draw
             probs, log_probs = scores[0].softmax(-1), scores[0].log_softmax(-1)
         else:

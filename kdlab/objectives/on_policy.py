@@ -78,8 +78,11 @@ class OnPolicyObjective(Objective):
 
 def batch_prompts(batch: dict[str, Tensor]) -> dict[str, Tensor]:
     """The B prompts of a batch of B items: `prompt_ids, prompt_mask [B, P]` — a prompt batch's own, or the
-    first B of a preference batch's 2B rows (its chosen and rejected rows share their prompts)."""
+    first B of a preference batch's 2B rows (its chosen and rejected rows share their prompts), read off
+    its rows when the batch carries no prompts (`prompts_of`)."""
     count = len(batch["index"])
+    if "prompt_ids" not in batch:
+        return prompts_of(batch["input_ids"][:count], batch["attention_mask"][:count], batch["labels"][:count])
     return {"prompt_ids": batch["prompt_ids"][:count], "prompt_mask": batch["prompt_mask"][:count]}
 
 
