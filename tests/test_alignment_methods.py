@@ -65,7 +65,7 @@ def test_each_method_trains_two_steps_and_reports(case: str, tmp_path: Path, cac
         assert name in metrics and torch.isfinite(torch.tensor(metrics[name])), name
     assert (tmp_path / "policy" / "config.json").exists()
     if case.startswith("fdpg"):
-        assert (tmp_path / "tradeoff.png").exists()
+        assert (tmp_path / "reward_kl.png").exists()
 
 
 class NaNReward(Reward):

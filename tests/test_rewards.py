@@ -107,7 +107,7 @@ def test_the_sentiment_experiment_runs_every_method_on_pairs_it_samples_once(met
     (entry,) = [path for path in (policy["root"] / "cache").glob("sampled_pairs-*") if path.is_dir()]  # one sampling for every method
     rows = [json.loads(line) for line in (entry / "train.jsonl").read_text().splitlines()]
     assert rows and all(row["reward_chosen"] > row["reward_rejected"] for row in rows)
-    assert (tmp_path / "tradeoff.png").exists()
+    assert (tmp_path / "reward_kl.png").exists()
 
 
 def test_a_preference_run_without_a_reward_logs_none(policy: dict, tmp_path: Path) -> None:
