@@ -16,3 +16,8 @@ class ConfigError(KdlabError, ValueError):
 
 class DataError(KdlabError, ValueError):
     """An input file or dataset that cannot be read as asked (the message names the file and the row)."""
+
+
+class StorageError(KdlabError, OSError):
+    """A file kdlab must write or read back cannot be (a full disk, a read-only or foreign directory, a
+    corrupt file): the message names the file, the system's reason and what to do."""

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kdlab"
 LAYERS = {
     "kdlab": 0,  # the package's own __init__ (version)
     "kdlab.errors": 0, "kdlab.tokens": 0, "kdlab.fingerprint": 0, "kdlab.distributed": 0, "kdlab.results": 0,
-    "kdlab.checks": 0, "kdlab.devices": 0, "kdlab.run_logs": 0,
+    "kdlab.checks": 0, "kdlab.devices": 0, "kdlab.run_logs": 0, "kdlab.cache": 0, "kdlab.checkpoints": 0,
     "kdlab.divergences": 1,
     "kdlab.conf": 2,
     "kdlab.models": 2, "kdlab.oracle": 3, "kdlab.synthetic": 3, "kdlab.data": 4,

@@ -10,7 +10,6 @@ import torch
 from kdlab.checks import check_label_spaces
 from kdlab.data import DigitsDataModule
 from kdlab.divergences import get
-from kdlab.loggers import wandb_mode
 from kdlab.models import SmallCNN
 from kdlab.modules import DistillModule, NonFiniteLossError, TeacherModule
 from kdlab.objectives.cross_entropy import CrossEntropy
@@ -96,19 +95,6 @@ def test_digits_splits_are_disjoint_and_stratified() -> None:
     flat = {name: {tuple(x.flatten().tolist()) for x in split.inputs} for name, split in datamodule.splits.items()}
     assert not (flat["train"] & flat["test"]) and not (flat["val"] & flat["test"])
     assert set(datamodule.splits["test"].labels.tolist()) == set(range(10))
-
-
-def test_wandb_goes_offline_without_a_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    assert wandb_mode("auto") == "offline"
-    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password secret\n")
-    (tmp_path / ".netrc").chmod(0o600)
-    assert wandb_mode("auto") == "online"
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert wandb_mode("auto") == "disabled"
-    assert wandb_mode("offline") == "offline"
 
 
 def test_atomic_json_write_replaces_whole_files(tmp_path: Path) -> None:
