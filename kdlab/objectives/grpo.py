@@ -38,7 +38,7 @@ from kdlab.divergences import Divergence
 from kdlab.errors import ConfigError
 from kdlab.objectives.base import NoDivergence, OpenSlot
 from kdlab.objectives.generators import clamp_log_ratio, generator
-from kdlab.objectives.on_policy import OnPolicyObjective, RolloutService, Rollouts, concat_rows
+from kdlab.objectives.on_policy import OnPolicyObjective, RolloutService, Rollouts, batch_prompts, concat_rows
 from kdlab.tokens import IGNORE_INDEX, token_logps
 
 DPHRL_SLOT = OpenSlot(("fkl", "js", "alpha", "rkl"))
@@ -167,7 +167,9 @@ class DPHRL(GRPO):
                                "sampling_logps": stored["sampling_logps"][row][keep[1:]]})
 
     def prompts(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The batch's prompts outside D_pef (GRPO explores D_exp only)."""
+        """The batch's prompts outside D_pef (GRPO explores D_exp only; all of them while nothing is stored)."""
+        if not self.store:
+            return batch_prompts(batch)
         explore = torch.tensor([index not in self.perfect for index in batch["index"].tolist()], device=batch["prompt_ids"].device)
         return {"prompt_ids": batch["prompt_ids"][explore], "prompt_mask": batch["prompt_mask"][explore]}
 
@@ -203,7 +205,8 @@ class DPHRL(GRPO):
         if not rehearsal.any():
             return loss, logs
         divergence = token_mean(self.estimator(clamp_log_ratio(logps - batch["sampling_logps"])), rehearsal)
-        return loss + self.coefficient * divergence, logs | {"rehearsal": divergence.detach()}
+        return loss + self.coefficient * divergence, logs | {"rehearsal": divergence.detach(), "pef_prompts": torch.tensor(float(len(self.perfect))),
+                                                              "stored_samples": torch.tensor(float(len(self.store)))}
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"perfect": sorted(self.perfect), "store": self.store}
