@@ -177,7 +177,7 @@ class FDPG(OnPolicyObjective):
     def prepare_rollouts(self, service: RolloutService) -> None:
         """Draw `calibration_samples` from the base: fit λ (distributional), and refuse a target with no
         mass on any of them (`DataError`, before training)."""
-        if self.target == "rlhf":
+        if self.target == "rlhf" or self.lam is not None:  # nothing to fit, or λ restored from a checkpoint
             return
         prompts = service.train_prompts()
         count = min(len(prompts["prompt_ids"]), self.calibration_samples)
