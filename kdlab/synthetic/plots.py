@@ -79,6 +79,8 @@ class TradeoffPlot(L.Callback):
         used = pl_module.objective.used_divergence()
         label = used.name if used is not None else type(pl_module.objective).__name__
         curve = history[history["split"] == "val"].drop_duplicates("step", keep="last")[list(COLUMNS)]
+        if curve.empty:  # no validation ran (e.g. trainer.max_steps=0): no trajectory to draw
+            return
         tests = history[history["split"] == "test"]
         finals = {label: tests.iloc[-1]} if not tests.empty else None
         path = Path(trainer.default_root_dir) / FIGURE
