@@ -21,8 +21,9 @@ from kdlab.tokens import scored
 
 class LMDistillModule(TrainingModule):
     """Trains `model` (the student causal LM) on `objective(outputs, batch)` — token-level KD
-    (`kdlab.objectives.token_kd.TokenKD`) or MiniLLM's policy gradient (`kdlab.objectives.minillm`) — against `teacher`, a pretrained causal LM used as given
-    (frozen: eval mode, `requires_grad=False`, run under `torch.no_grad`, left out of checkpoints).
+    (`kdlab.objectives.token_kd.TokenKD`) or MiniLLM's policy gradient (`kdlab.objectives.minillm`) —
+    against `teacher`, a pretrained causal LM used as given (frozen: eval mode, `requires_grad=False`,
+    run under `torch.no_grad`, left out of checkpoints).
 
     Batches (`kdlab.data.text` layout): `input_ids, attention_mask, labels [B, L]` (labels `IGNORE_INDEX` on
     prompt and padding), `prompt_ids, prompt_mask [B, P]` (left-padded prompts) and `index [B]`.

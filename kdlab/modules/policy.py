@@ -40,7 +40,8 @@ class PolicyModule(TrainingModule):
     prompts (`eval_prompts(split, n)`: `prompt_ids, prompt_mask`), `<split>/kl_ref`, `kl_ref_k3`, `entropy`, `distinct_1`,
     `distinct_2`, `length`, plus what the datamodule's `score(responses)` returns when it has one
     (the known-reward task: `reward`, `modes`) and, with a `reward` (`kdlab.rewards`, `reward=NAME`),
-    `<split>/reward`, its mean over the samples (it replaces the datamodule's). SFT logs `<split>/nll` and the sample metrics but no KL.
+    `<split>/reward`, its mean over the samples (it replaces the datamodule's). SFT logs `<split>/nll`
+    and the sample metrics but no KL.
     The sample metrics are also taken at step 0 (the reference itself, logged as `val/*` at step 0) and
     kept in `sample_history`, the trajectory that `kdlab.synthetic.plots.TradeoffPlot` draws.
     After fitting, the policy is saved with `save_pretrained` in `<run dir>/policy` (the next stage's
