@@ -15,7 +15,7 @@ LAYERS = {
     "kdlab.checks": 0, "kdlab.devices": 0, "kdlab.run_logs": 0, "kdlab.cache": 0, "kdlab.checkpoints": 0,
     "kdlab.divergences": 1,
     "kdlab.conf": 2,
-    "kdlab.models": 2, "kdlab.oracle": 3, "kdlab.synthetic": 3, "kdlab.data": 4,
+    "kdlab.models": 2, "kdlab.oracle": 3, "kdlab.synthetic": 3, "kdlab.rewards": 3, "kdlab.data": 4,
     "kdlab.objectives": 5,
     "kdlab.metrics": 6,
     "kdlab.modules": 7,

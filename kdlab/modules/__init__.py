@@ -7,11 +7,12 @@ import warnings
 from kdlab.modules.base import NonFiniteLossError, TrainingModule
 from kdlab.modules.distill import DistillModule
 from kdlab.modules.lm_distill import LMDistillModule
+from kdlab.modules.on_policy import OnPolicyModule
 from kdlab.modules.online import OnlineDistillModule
 from kdlab.modules.policy import PolicyModule
 from kdlab.modules.teacher import TeacherModule
 
-__all__ = ["DistillModule", "LMDistillModule", "NonFiniteLossError", "OnlineDistillModule", "PolicyModule", "TeacherModule", "TrainingModule"]
+__all__ = ["DistillModule", "LMDistillModule", "NonFiniteLossError", "OnPolicyModule", "OnlineDistillModule", "PolicyModule", "TeacherModule", "TrainingModule"]
 
 # Frozen teachers and references stay in eval mode on purpose; Lightning warns about every module
 # in eval mode when fitting starts.

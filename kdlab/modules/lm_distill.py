@@ -12,21 +12,24 @@ from kdlab.metrics.lm import TokenPanel, rouge_l, sequence_kl
 from kdlab.models.generation import sample_responses
 from kdlab.models.hf import check_fusable, check_same_vocabulary, lm_forward, lm_hidden, load_tokenizer, output_rows
 from kdlab.modules.base import Batch, TrainingModule
-from kdlab.modules.lm_sources import DatasetResponses
+from kdlab.modules.lm_sources import DatasetResponses, TeacherMixedResponses
 from kdlab.objectives.base import Objective
+from kdlab.objectives.minillm import MiniLLM
 from kdlab.objectives.token_kd import TokenKD
 from kdlab.tokens import scored
 
 
 class LMDistillModule(TrainingModule):
     """Trains `model` (the student causal LM) on `objective(outputs, batch)` — token-level KD
-    (`kdlab.objectives.token_kd.TokenKD`) — against `teacher`, a pretrained causal LM used as given
-    (frozen: eval mode, `requires_grad=False`, run under `torch.no_grad`, left out of checkpoints).
+    (`kdlab.objectives.token_kd.TokenKD`) or MiniLLM's policy gradient (`kdlab.objectives.minillm`) —
+    against `teacher`, a pretrained causal LM used as given (frozen: eval mode, `requires_grad=False`,
+    run under `torch.no_grad`, left out of checkpoints).
 
     Batches (`kdlab.data.text` layout): `input_ids, attention_mask, labels [B, L]` (labels `IGNORE_INDEX` on
     prompt and padding), `prompt_ids, prompt_mask [B, P]` (left-padded prompts) and `index [B]`.
     Each training step, `source` (`kdlab.modules.lm_sources`; default: the dataset's responses)
-    may replace the responses by samples of the student (GKD, DistiLLM) or the teacher (SeqKD).
+    may replace the responses by samples of the student (GKD, DistiLLM; MiniLLM's teacher-mixed ones)
+    or the teacher (SeqKD).
     Logits are cut to the data tokenizer's vocabulary (a teacher whose vocabulary is padded beyond
     the tokenizer has extra rows; they are dropped, docs/methods.md §7.0). With `objective.fused` the module
     hands the objective final hidden states and LM heads instead of logits.
@@ -50,7 +53,7 @@ class LMDistillModule(TrainingModule):
         self,
         model: nn.Module,
         teacher: nn.Module,
-        objective: TokenKD,
+        objective: TokenKD | MiniLLM,
         optimizer: Any,
         *,
         source: DatasetResponses,
@@ -64,6 +67,9 @@ class LMDistillModule(TrainingModule):
         if num_classes is not None:
             raise ConfigError(f"LMDistillModule distils language models; the dataset has num_classes={num_classes}: pick a text dataset")
         super().__init__(model, objective, optimizer, num_classes, scheduler)
+        if getattr(objective, "needs_student_samples", False) and not isinstance(source, TeacherMixedResponses):
+            raise ConfigError(f"{type(objective).__name__} trains on student samples: use "
+                              "module.source._target_=kdlab.modules.lm_sources.TeacherMixedResponses (its preset's)")
         self.freeze("teacher", teacher)
         self.source = source
         self.sequence_samples, self.generation_samples, self.max_new_tokens = sequence_samples, generation_samples, max_new_tokens
@@ -81,9 +87,9 @@ class LMDistillModule(TrainingModule):
         """Fail before training unless the objective is token-level KD, both models are causal LMs
         with an output for every token of the data's tokenizer, and the tokenizers saved with the
         models (when they have one) equal the data's — the first differing token ids are named."""
-        if not isinstance(objective, TokenKD):
-            raise ConfigError(f"LMDistillModule trains token-level objectives (TokenKD), got {type(objective).__name__}: "
-                              "pick +method=lmkd|gkd|distillm|seqkd")
+        if not isinstance(objective, TokenKD | MiniLLM):
+            raise ConfigError(f"LMDistillModule trains token-level objectives (TokenKD) and MiniLLM, got {type(objective).__name__}: "
+                              "pick +method=lmkd|gkd|distillm|seqkd|minillm")
         models = {"student": student, "teacher": teacher}
         for role, model in models.items():
             if model is None or not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
@@ -132,17 +138,22 @@ class LMDistillModule(TrainingModule):
         return head.weight[: self.vocab_size], bias
 
     @torch.no_grad()
-    def generate(self, role: str, prompts: dict[str, torch.Tensor], temperature: float, max_new_tokens: int) -> dict[str, torch.Tensor]:
+    def generate(
+        self, role: str, prompts: dict[str, torch.Tensor], temperature: float, max_new_tokens: int, teacher_weight: float = 0.0
+    ) -> dict[str, torch.Tensor]:
         """Sample one response per prompt (`prompt_ids, prompt_mask`) from the "student", "teacher" or
-        "oracle" (the datamodule's); returns `input_ids, attention_mask, labels`."""
+        "oracle" (the datamodule's) — the student's from its per-token mixture with the teacher when
+        `teacher_weight` > 0; returns `input_ids, attention_mask, labels` and `sampling_logps`."""
         datamodule = self.trainer.datamodule
         model = self.model if role == "student" else self.teacher if role == "teacher" else datamodule.oracle
         was_training = model.training
         model.eval()
         sampled = sample_responses(model, prompts["prompt_ids"], prompts["prompt_mask"], max_new_tokens,
-                                   eos_token_id=datamodule.eos_token_id, pad_token_id=datamodule.pad_token_id, temperature=temperature)
+                                   eos_token_id=datamodule.eos_token_id, pad_token_id=datamodule.pad_token_id, temperature=temperature,
+                                   mix=(self.teacher, teacher_weight) if teacher_weight > 0 else None,
+                                   vocab_size=self.vocab_size if teacher_weight > 0 else None)
         model.train(was_training)
-        return {key: sampled[key] for key in ("input_ids", "attention_mask", "labels")}
+        return {key: sampled[key] for key in ("input_ids", "attention_mask", "labels", "sampling_logps")}
 
     # ---- training ------------------------------------------------------------------------------
     def training_batch(self, batch: Batch) -> tuple[Batch, dict[str, float]]:

@@ -2,15 +2,19 @@
 
 A source turns the dataset batch of a training step into the batch the loss is taken on,
 `training_batch(batch, generate, progress) -> (batch, logs)`, given `generate(role, prompts,
-temperature, max_new_tokens)` (samples of the "student" or "teacher" for the batch's prompts,
-without gradient) and the fraction of training done, `progress` in [0, 1]:
+temperature, max_new_tokens, teacher_weight=0.0)` (samples of the "student" or "teacher" for the
+batch's prompts, without gradient; with `teacher_weight` α > 0, the student's samples are drawn from
+its per-token mixture with the teacher) and the fraction of training done, `progress` in [0, 1]:
 
 - `DatasetResponses`: the dataset's responses (off-policy, supervised KD);
 - `SampledResponses(generator, probability)`: with probability λ the responses are sampled from the
   student (GKD's on-policy mixing, Agarwal et al. 2024: λ=0.5, temperature 0.9) or from the teacher
   (SeqKD, λ=1), without gradient, for the batch's prompts; otherwise the dataset's;
 - `AdaptiveStudentResponses`: DistiLLM's adaptive student-generated-output schedule with a replay
-  buffer (Ko et al. 2024, `finetune.py` of jongwooko/distillm; docs/methods.md §7.2).
+  buffer (Ko et al. 2024, `finetune.py` of jongwooko/distillm; docs/methods.md §7.2);
+- `TeacherMixedResponses(teacher_weight)`: every step, responses of the student drawn token by token
+  from the mixture `(1 − α) q_θ + α p` (MiniLLM's teacher-mixed sampling, docs/methods.md §7.11),
+  with each token's log-probability under the mixture (`sampling_logps`) for the importance weights.
 
 Generated batches have the layout of `kdlab.models.generation.sample_responses` (left-padded
 prompt + response, labels `IGNORE_INDEX` off the response); the loss then teacher-forces both models on them.
@@ -27,7 +31,7 @@ from kdlab.errors import ConfigError
 from kdlab.tokens import IGNORE_INDEX
 
 Batch = dict[str, Tensor]
-Generate = Callable[[str, Batch, float, int], Batch]  # (role, prompts, temperature, max_new_tokens) -> batch
+Generate = Callable[..., Batch]  # (role, prompts, temperature, max_new_tokens, teacher_weight=0.0) -> batch
 GENERATORS = ("student", "teacher")
 REPLAY_RATIOS = ("decreasing", "constant", "increasing")
 
@@ -130,3 +134,18 @@ class AdaptiveStudentResponses(DatasetResponses):
             labels[i, : len(row["labels"])] = row["labels"]
             attention_mask[i, : len(row["input_ids"])] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class TeacherMixedResponses(DatasetResponses):
+    """Every step, student responses to the batch's prompts sampled from `(1 − teacher_weight) q_θ +
+    teacher_weight · p` per token, at `temperature`, at most `max_new_tokens`; the batch carries
+    `sampling_logps` (log-probability of each token under that mixture). Logs `generated` = 1."""
+
+    def __init__(self, *, teacher_weight: float, temperature: float, max_new_tokens: int) -> None:
+        if not 0.0 <= teacher_weight < 1.0 or temperature <= 0 or max_new_tokens < 1:
+            raise ConfigError("module.source needs 0 <= teacher_weight < 1, temperature > 0, max_new_tokens >= 1; "
+                              f"got {teacher_weight}, {temperature}, {max_new_tokens}")
+        self.teacher_weight, self.temperature, self.max_new_tokens = teacher_weight, temperature, max_new_tokens
+
+    def training_batch(self, batch: Batch, generate: Generate, progress: float) -> tuple[Batch, dict[str, float]]:
+        return generate("student", batch, self.temperature, self.max_new_tokens, teacher_weight=self.teacher_weight), {"generated": 1.0}

@@ -12,10 +12,12 @@ from torch import nn
 from kdlab.errors import ConfigError, DataError
 from kdlab.metrics.alignment import PreferencePanel, sample_metrics
 from kdlab.models.generation import sample_responses
-from kdlab.models.hf import lm_forward
+from kdlab.models.hf import lm_forward, lm_forward_hidden, without_dropout
 from kdlab.modules.base import Batch, TrainingModule
 from kdlab.objectives.base import Objective
 from kdlab.objectives.preference import SFT, PreferenceObjective
+from kdlab.rewards import Responses, Reward
+from kdlab.rewards import score as score_responses
 from kdlab.tokens import token_logps
 
 
@@ -37,7 +39,9 @@ class PolicyModule(TrainingModule):
     `<split>/loss`, and, on `samples` responses drawn from the policy for the datamodule's evaluation
     prompts (`eval_prompts(split, n)`: `prompt_ids, prompt_mask`), `<split>/kl_ref`, `kl_ref_k3`, `entropy`, `distinct_1`,
     `distinct_2`, `length`, plus what the datamodule's `score(responses)` returns when it has one
-    (the known-reward task: `reward`, `modes`). SFT logs `<split>/nll` and the sample metrics but no KL.
+    (the known-reward task: `reward`, `modes`) and, with a `reward` (`kdlab.rewards`, `reward=NAME`),
+    `<split>/reward`, its mean over the samples (it replaces the datamodule's). SFT logs `<split>/nll`
+    and the sample metrics but no KL.
     The sample metrics are also taken at step 0 (the reference itself, logged as `val/*` at step 0) and
     kept in `sample_history`, the trajectory that `kdlab.synthetic.plots.TradeoffPlot` draws.
     After fitting, the policy is saved with `save_pretrained` in `<run dir>/policy` (the next stage's
@@ -58,16 +62,15 @@ class PolicyModule(TrainingModule):
         samples: int,
         max_new_tokens: int,
         disable_dropout: bool,
+        reward: Reward | None = None,
         num_classes: int | None = None,
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
         super().__init__(model, objective, optimizer, num_classes, scheduler)
         if disable_dropout:  # TRL's DPO default: log-ratios of policy and reference from the same deterministic net
-            for layer in model.modules():
-                if isinstance(layer, nn.Dropout):
-                    layer.p = 0.0
+            without_dropout(model)
         self.cache_reference = cache_reference and not objective.needs_reference_logits
-        self.samples, self.max_new_tokens = samples, max_new_tokens
+        self.samples, self.max_new_tokens, self.reward = samples, max_new_tokens, reward
         self.reference = None
         if objective.needs_reference:
             reference = copy.deepcopy(model)
@@ -106,13 +109,17 @@ class PolicyModule(TrainingModule):
 
     def model_outputs(self, batch: Batch, split: str) -> dict[str, torch.Tensor]:
         """`logits [2B, L, V]` of the policy, and what the objective needs of the reference:
-        `ref_logits` (TDPO) or `ref_logps [2B]` (cached per split and dataset index when allowed)."""
+        `ref_logits` (TDPO, SparsePO; with `ref_hidden`, its hidden states, for SparsePO's masks) or
+        `ref_logps [2B]` (cached per split and dataset index when allowed)."""
         outputs = {"logits": self(batch["input_ids"], batch["attention_mask"])}
         if not self.objective.needs_reference:
             return outputs
         if self.objective.needs_reference_logits:
             with torch.no_grad():
-                outputs["ref_logits"] = lm_forward(self.reference, batch["input_ids"], batch["attention_mask"])
+                if getattr(self.objective, "needs_reference_hidden", False):  # SparsePO's masks read the reference's states
+                    outputs["ref_logits"], outputs["ref_hidden"] = lm_forward_hidden(self.reference, batch["input_ids"], batch["attention_mask"])
+                else:
+                    outputs["ref_logits"] = lm_forward(self.reference, batch["input_ids"], batch["attention_mask"])
             return outputs
         outputs["ref_logps"] = self.reference_logps(batch, split)
         return outputs
@@ -188,7 +195,13 @@ class PolicyModule(TrainingModule):
             values = {name: value for name, value in sample_metrics(policy_logps, policy_logps, mask, responses).items()
                       if not name.startswith("kl_ref")}
         score = getattr(datamodule, "score", None)
-        return values | (score(sequences["responses"]) if score is not None else {})
+        if score is not None:
+            values |= score(sequences["responses"])
+        if self.reward is not None:
+            responses = Responses(prompts["prompt_ids"], prompts["prompt_mask"], sequences["responses"], sequences["response_mask"],
+                                  getattr(datamodule, "decode", None))
+            values["reward"] = score_responses(self.reward, responses).mean()
+        return values
 
 
 def load_weights(path: str | Path, like: nn.Module) -> dict[str, torch.Tensor]:

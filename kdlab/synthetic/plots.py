@@ -1,13 +1,15 @@
-"""The reward–KL–diversity trade-off of the known-reward benchmark, per run and across a multirun.
+"""The reward–KL–diversity trade-off of a preference or policy run (the known-reward benchmark's, or any
+run with a `reward=`), per run and across a multirun.
 
-Each evaluation of a `PolicyModule` (step 0 = the reference, then every validation) gives one point:
-true reward `val/reward` against `val/kl_ref` (sequence KL(π‖π_ref), k1 estimate) and against
-`val/entropy` (Monte-Carlo sequence entropy, the diversity the f-DPO paper trades reward against).
+Each evaluation of a `PolicyModule` or `OnPolicyModule` (step 0 = the reference, then every
+validation) gives one point: the reward `val/reward` (true or given) against `val/kl_ref` (sequence
+KL(π‖π_ref), k1 estimate) and against `val/entropy` (Monte-Carlo sequence entropy, the diversity the
+f-DPO paper trades reward against).
 A run's trajectory is one line; the final test evaluation is a star.
 
-- `TradeoffPlot` (Lightning callback): the run's own figure, `<run dir>/tradeoff.png`, also logged to W&B.
+- `TradeoffPlot` (Lightning callback): the run's own figure, `<run dir>/reward_kl.png`, also logged to W&B.
 - `multirun_tradeoff(sweep_dir)`: one line per divergence (mean over seeds) from every completed run's
-  `csv/metrics.csv`, written to `<sweep dir>/tradeoff.png`; `MultirunTradeoff` (Hydra callback) calls it
+  `csv/metrics.csv`, written to `<sweep dir>/reward_kl.png`; `MultirunTradeoff` (Hydra callback) calls it
   when a multirun ends, `kdlab report` may call it too.
 """
 
@@ -27,7 +29,7 @@ from kdlab.run_logs import completed_curves
 
 log = logging.getLogger(__name__)
 
-FIGURE = "tradeoff.png"
+FIGURE = "reward_kl.png"
 COLUMNS = ("step", "reward", "kl_ref", "entropy")
 # One colour per divergence, the same in every figure (Okabe–Ito, colour-blind safe).
 COLOURS = {"rkl": "#D55E00", "js": "#009E73", "alpha": "#0072B2", "fkl": "#CC79A7", "kl": "#CC79A7"}
@@ -77,23 +79,28 @@ class TradeoffPlot(L.Callback):
         used = pl_module.objective.used_divergence()
         label = used.name if used is not None else type(pl_module.objective).__name__
         curve = history[history["split"] == "val"].drop_duplicates("step", keep="last")[list(COLUMNS)]
+        if curve.empty:  # no validation ran (e.g. trainer.max_steps=0): no trajectory to draw
+            return
         tests = history[history["split"] == "test"]
         finals = {label: tests.iloc[-1]} if not tests.empty else None
         path = Path(trainer.default_root_dir) / FIGURE
-        tradeoff_figure({label: curve}, finals, title=f"known-reward task: {label}").savefig(path, dpi=160)
+        title = f"{type(pl_module.objective).__name__} ({label})" if used is not None else label
+        tradeoff_figure({label: curve}, finals, title=title).savefig(path, dpi=160)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key="tradeoff", images=[str(path)])
 
 
 def multirun_tradeoff(sweep_dir: str | Path) -> Path | None:
-    """Draw every completed run under `sweep_dir` into `<sweep_dir>/tradeoff.png`, one line per
+    """Draw every completed run under `sweep_dir` into `<sweep_dir>/reward_kl.png`, one line per
     divergence (mean over seeds at each step); None when no run logged the sample metrics."""
     sweep_dir = Path(sweep_dir)
     runs: dict[str, list[pd.DataFrame]] = {}
     finals: dict[str, list[pd.Series]] = {}
+    methods: set[str] = set()
     for record, curve in completed_curves(sweep_dir, COLUMNS[1:]):
         label = _label(record)
+        methods.add(str(record.get("method")))
         runs.setdefault(label, []).append(curve)
         final = {name: record["metrics"].get(f"test/{name}") for name in COLUMNS[1:]}
         if None not in final.values():
@@ -104,7 +111,7 @@ def multirun_tradeoff(sweep_dir: str | Path) -> Path | None:
     curves = {label: pd.concat(frames).groupby("step", as_index=False).mean() for label, frames in sorted(runs.items(), key=lambda item: order(item[0]))}
     means = {label: pd.concat(points, axis=1).mean(axis=1) for label, points in finals.items()}
     seeds = max(len(frames) for frames in runs.values())
-    title = f"known-reward task: f-DPO by divergence ({seeds} seed{'s' if seeds > 1 else ''} each)"
+    title = f"{', '.join(sorted(methods))} by divergence ({seeds} seed{'s' if seeds > 1 else ''} each)"
     path = sweep_dir / FIGURE
     tradeoff_figure(curves, means, title).savefig(path, dpi=160)
     return path

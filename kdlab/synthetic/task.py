@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kdlab.tokens import IGNORE_INDEX
+
 
 @dataclass(frozen=True)
 class KnownRewardTask:
@@ -44,10 +46,33 @@ class KnownRewardTask:
             patterns = torch.randint(self.vocab_size, (self.n_modes, self.length), generator=generator)
         object.__setattr__(self, "patterns", patterns)
 
+    cache_name = "pref_synthetic"  # the SFT reference's cache entries are <cache_name>-<fingerprint>
+
     @property
     def bos(self) -> int:
         """The prompt token (the vocabulary of a policy is `vocab_size + 1`)."""
         return self.vocab_size
+
+    @property
+    def token_count(self) -> int:
+        """The vocabulary of a policy for the task: the content tokens and the prompt token."""
+        return self.vocab_size + 1
+
+    @property
+    def sequence_length(self) -> int:
+        return self.length + 1
+
+    def sequences(self, responses: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`[N, T]` responses after the prompt token, in the LM layout: `input_ids [N, 1+T]`,
+        `attention_mask`, `labels` (`IGNORE_INDEX` on the prompt)."""
+        input_ids = torch.cat([torch.full((len(responses), 1), self.bos), responses], dim=1)
+        labels = input_ids.clone()
+        labels[:, 0] = IGNORE_INDEX
+        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+
+    def sft_corpus(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """`n` sequences of the task's text (`sample_corpus`) in the LM layout (`sequences`)."""
+        return self.sequences(self.sample_corpus(n, generator))
 
     def matches(self, responses: torch.Tensor) -> torch.Tensor:
         """`[N, T]` token ids -> `[N, K]` fraction of positions equal to each pattern."""
