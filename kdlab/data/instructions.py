@@ -33,6 +33,8 @@ class InstructionDataModule(TextDataModule):
     train split. Rows whose response is empty are dropped.
     """
 
+    batches = "text"  # what the batches hold; a regime trains on one kind (kdlab.modules.base.TrainingModule.batches)
+
     def __init__(
         self,
         path: str,

@@ -59,6 +59,8 @@ class PreferenceDataModule(TextDataModule):
     prompts of a split (cycling when it has fewer), left-padded, for sampling from the policy.
     """
 
+    batches = "preferences"  # what the batches hold; a regime trains on one kind (kdlab.modules.base.TrainingModule.batches)
+
     def __init__(
         self,
         path: str,
