@@ -19,6 +19,9 @@ def check_label_spaces(
     The models are asked, not trusted: one forward pass on two training inputs shows how many
     logits each produces.
     """
+    own = getattr(datamodule, "num_classes", None)
+    if isinstance(own, int) and own != num_classes:
+        raise ConfigError(f"dataset.num_classes={num_classes}, but the dataset has {own} classes: set dataset.num_classes={own}")
     datamodule.setup("fit")
     inputs = first_rows(next(iter(datamodule.train_dataloader()))["input"], 2)
     check_input_size(inputs, {"student": student} | ({"teacher": teacher} if teacher is not None else {}))

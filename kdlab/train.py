@@ -9,8 +9,10 @@ to the group override `method=NAME` before Hydra reads the command line, so `kdl
 (or sweep) directory to it before Hydra creates one (`kdlab.resume.pinned_directory`).
 
 kdlab's own errors (`kdlab.errors.KdlabError`: a bad config value, input file or storage) are printed
-as the one line `kdlab: <message>`, with no traceback; the traceback goes to the run's `train.log`, and
-to the terminal as well with `HYDRA_FULL_ERROR=1`. Other errors keep Hydra's traceback.
+as the one line `kdlab: <message>`, with no traceback, and the command exits with status 1; the
+traceback goes to the run's `train.log`, and to the terminal instead with `HYDRA_FULL_ERROR=1`. A
+multirun's failed job is reported by Hydra at the end of the sweep, in its compact form (Hydra's
+"Error executing job" line, then `kdlab: <message>`). Other errors keep Hydra's traceback.
 """
 
 import logging
@@ -24,18 +26,26 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import kdlab.conf  # noqa: F401  (registers the `divergence` config group from the divergence registry)
-from kdlab.errors import KdlabError
+from kdlab.errors import KdlabError, StorageError
 
 log = logging.getLogger(__name__)
 _ADD_METHOD = re.compile(r"^\+\+?method=")
 
 
 class KdlabExit(CompactHydraException):
-    """A kdlab error as Hydra reports it: its message alone, one line (Hydra re-raises it, with the
-    original error as its cause, under `HYDRA_FULL_ERROR=1`)."""
+    """A kdlab error of a multirun's job, as Hydra reports it at the end of the sweep (a compact error:
+    its message, without a traceback), so that sweepers see the job fail."""
+
+
+_FAILED: list[str] = []  # the kdlab errors of this process's single run, printed when they happened
+
+
+def _full_errors() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
 def method_overrides(overrides: list[str]) -> list[str]:
@@ -50,13 +60,19 @@ def _train(cfg: DictConfig) -> float | None:
 
     try:
         claim_run_dir(cfg)  # first: a run killed while torch is imported is found by resume=true
-        # Imported here so that `--help` and `--cfg job` answer without loading torch and Lightning.
+        # Imported here so that `--help` and `--cfg job` answer without loading Lightning.
         from kdlab.run import run
 
         metrics = run(cfg)
     except KdlabError as error:
         _log_to_files(error)
-        raise KdlabExit(f"kdlab: {error}") from error
+        if _full_errors():
+            raise
+        if HydraConfig.get().mode != RunMode.RUN:
+            raise KdlabExit(f"kdlab: {error}") from error
+        print(f"kdlab: {error}", file=sys.stderr)
+        _FAILED.append(str(error))
+        return None
     if cfg.optimized_metric not in metrics:
         log.warning("optimized_metric=%s was not logged by this run; it logged: %s", cfg.optimized_metric, ", ".join(metrics))
     return metrics.get(cfg.optimized_metric)
@@ -90,8 +106,8 @@ class CreateOutputDir(Callback):
             if not os.access(directory, os.W_OK | os.X_OK):
                 raise PermissionError(13, "Permission denied")
         except OSError as error:
-            raise KdlabExit(f"kdlab: cannot create the run directory {directory} ({error.strerror or error}): set KDLAB_OUTPUTS "
-                            f"(or paths.log_dir) to a writable directory, or choose the directory with {key}=DIR") from error
+            _exit(StorageError(f"cannot create the run directory {directory} ({error.strerror or error}): set KDLAB_OUTPUTS "
+                               f"(or paths.log_dir) to a writable directory, or choose the directory with {key}=DIR"))
 
 
 def main() -> None:
@@ -99,12 +115,20 @@ def main() -> None:
     try:
         overrides += _resume_pin(overrides)
     except KdlabError as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"kdlab: {error}", file=sys.stderr)
-        sys.exit(1)
+        _exit(error)
     sys.argv = [sys.argv[0], *overrides]
     _train()
+    if _FAILED:
+        sys.exit(1)
+
+
+def _exit(error: KdlabError) -> None:
+    """End the process on a kdlab error met before a job runs: its one line, exit status 1 (its
+    traceback too under HYDRA_FULL_ERROR=1)."""
+    if _full_errors():
+        raise error
+    print(f"kdlab: {error}", file=sys.stderr)
+    sys.exit(1)
 
 
 def _resume_pin(argv: list[str]) -> list[str]:

@@ -95,6 +95,9 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "devices": (lambda v: v >= 1 or v == -1, ">= 1 (or -1: all), a list of ids, or auto"),
 }
 
+# Arguments naming a hub model or a local directory: a local path (/..., ./..., ~/...) must exist.
+LOCAL_PATHS = ("name_or_path", "tokenizer")
+
 _BATCHES = {
     "labelled": "labelled inputs (images or sentences with a class)",
     "text": "text (prompts and responses)",
@@ -109,12 +112,12 @@ def validate(cfg: DictConfig, method: str) -> None:
     for key, annotation in ROOT_KEYS.items():
         if _has(config, key):
             check_value(key, _get(config, key), annotation, raw)
+    _check_data_fits_method(cfg, method)
     for path, node in target_nodes(config):
         check_arguments(path, node, raw)
     _check_wandb(cfg)
     _check_teacher_checkpoint(config)
     _check_accelerator(config["trainer"])
-    _check_data_fits_method(cfg, method)
 
 
 # ---- values --------------------------------------------------------------------------------------
@@ -125,7 +128,7 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - OmegaConf's resolution errors have no common base; find the key below
         pass
     for key, problem in _unresolvable(cfg, ""):
-        raise ConfigError(f"{key}={_raw_text(cfg, key)} cannot be resolved ({problem}): set {key}, or set what it refers to")
+        raise ConfigError(f"{key}={_raw_text(cfg, key)} cannot be resolved ({problem}): set {key}, or what it refers to")
     return OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -172,7 +175,11 @@ def _raw_text(cfg: DictConfig, key: str) -> str:
 
 
 def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    """The first line of an error's message, without OmegaConf's "X raised while resolving interpolation:" prefix."""
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    return re.sub(r"^\w+ raised while resolving interpolation: ", "", text.splitlines()[0]).strip("\"'")
 
 
 # ---- arguments of the nodes Hydra builds ---------------------------------------------------------
@@ -207,9 +214,13 @@ def check_arguments(path: str, node: dict[str, Any], raw: Any) -> None:
             if takes_any:
                 continue
             close = difflib.get_close_matches(name, list(parameters), n=3)
-            hint = f"did you mean {', '.join(close)}?" if close else f"it takes: {', '.join(p for p in parameters if p != 'self')}"
+            names = [p for p in parameters if p != "self"]
+            hint = f"did you mean {', '.join(close)}?" if close else f"it takes {', '.join(names[:8])}" + (f" and {len(names) - 8} more" if len(names) > 8 else "")
             raise ConfigError(f"{_source(raw, key)} is not an argument of {target}: {hint}")
         check_value(key, value, hints.get(name, parameters[name].annotation), raw, f" (the {name} argument of {target})")
+        if name in LOCAL_PATHS and isinstance(value, str) and value.startswith(("/", "./", "../", "~")) and not Path(value).expanduser().exists():
+            raise ConfigError(f"{_source(raw, key)}={value} does not exist: give the directory a model or tokenizer was saved in "
+                              "(save_pretrained), or a hub name")
 
 
 def _signature(function: Any) -> tuple[Mapping[str, inspect.Parameter] | None, dict[str, Any]]:
@@ -281,19 +292,39 @@ def _conforms(value: Any, annotation: Any) -> bool | None:
 
 
 def _describe(annotation: Any) -> str:
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    """What a value of `annotation` is, in words: the types a config value can have (literals merged)."""
+    members = _members(annotation)
+    literals = [repr(m) for m in members if not isinstance(m, type) and typing.get_origin(m) is None and m is not None]
+    words = [_word(m) for m in members if isinstance(m, type) or typing.get_origin(m) is not None]
+    words = [w for w in dict.fromkeys(words) if w is not None]
+    if literals:
+        words.insert(0, "one of " + ", ".join(literals))
+    if None in members:
+        words.append("null")
+    return " or ".join(words) or str(annotation)
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The alternatives of a union (nested unions flattened), each literal's values, `None` for NoneType."""
+    origin = typing.get_origin(annotation)
     if origin in (Union, types.UnionType):
-        return " or ".join(dict.fromkeys(_describe(a) for a in args))
+        return [m for a in typing.get_args(annotation) for m in _members(a)]
     if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+        return list(typing.get_args(annotation))
+    return [None if annotation is type(None) else annotation]
+
+
+def _word(annotation: Any) -> str | None:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", Path: "a path"}
     if annotation in names:
         return names[annotation]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (list, tuple, collections.abc.Sequence, collections.abc.Iterable):
-        return f"a list of {_describe(args[0])}" if args else "a list"
+        inner = _describe(args[0]) if args and args[-1] is not Ellipsis else None
+        return f"a list of {inner}" if inner else "a list"
     if origin in (dict, collections.abc.Mapping):
         return "a mapping"
-    return getattr(annotation, "__name__", str(annotation))
+    return None  # a class a config value is not (a Tensor, an Accelerator): no alternative to name
 
 
 def _source(raw: Any, key: str) -> str:

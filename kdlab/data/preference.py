@@ -24,6 +24,7 @@ from collections.abc import Mapping
 import torch
 
 from kdlab.data.text import DataFiles, TextDataModule, collate_examples, encode_example, left_pad
+from kdlab.errors import DataError
 
 HH_ASSISTANT = "\n\nAssistant:"
 LAYOUTS = ("explicit", "hh")
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 def parse_pair(row: Mapping[str, str], layout: str, columns: Mapping[str, str]) -> tuple[str, str, str]:
     """`(prompt, chosen response, rejected response)` of one row; ValueError with the reason if it is a bad pair."""
+    for key in ("chosen", "rejected") if layout == "hh" else ("prompt", "chosen", "rejected"):
+        if not isinstance(row[columns[key]], str):
+            raise ValueError(f"no {columns[key]!r} text (the row has {row[columns[key]]!r})")
     chosen, rejected = row[columns["chosen"]], row[columns["rejected"]]
     if layout == "hh":
         cut = chosen.rfind(HH_ASSISTANT)
@@ -107,7 +111,7 @@ class PreferenceDataModule(TextDataModule):
         for split, rows in sources.items():
             missing = [column for column in needed if column not in rows.column_names]
             if missing:
-                raise ValueError(f"the {split} split of {self.path} has no column {', '.join(map(repr, missing))} "
+                raise DataError(f"the {split} split of {self.path} has no column {', '.join(map(repr, missing))} "
                                  f"(columns: {rows.column_names}); map yours with dataset.datamodule.columns")
             self.pairs[split] = self._encode_split(split, rows)
 
@@ -119,14 +123,14 @@ class PreferenceDataModule(TextDataModule):
                 pairs.append(self._encode(prompt, chosen, rejected))
             except ValueError as reason:
                 if self.on_bad_pair == "error":
-                    raise ValueError(f"bad preference pair in the {split} split, row {number}: {reason} "
+                    raise DataError(f"bad preference pair in the {split} split, row {number}: {reason} "
                                      "(dataset.datamodule.on_bad_pair=skip drops and counts such pairs)") from None
                 skipped += 1
         self.skipped[split] = skipped
         if skipped:
             log.warning("skipped %d bad pairs of %d in the %s split", skipped, len(rows), split)
         if not pairs:
-            raise ValueError(f"no usable preference pair in the {split} split of {self.path}")
+            raise DataError(f"no usable preference pair in the {split} split of {self.path}")
         return pairs
 
     def _encode(self, prompt: str, chosen: str, rejected: str) -> dict[str, list[int]]:

@@ -1,4 +1,5 @@
-"""Kills this Python process with SIGKILL at a chosen point of a Lightning run (a test fault injector).
+"""A fault injector for the tests: kills this Python process with SIGKILL at a chosen point of a
+Lightning run, or makes one training batch NaN.
 
 Loaded by Python at start-up (`sitecustomize`) when this directory is on PYTHONPATH; it acts only when
 `KDLAB_KILL_AT` names a point, and changes nothing else. The process gets a real SIGKILL from the
@@ -10,6 +11,7 @@ kernel: no `finally`, `atexit` or signal handler runs, as when a node is lost. P
 - `checkpoint:N` — while writing `last.ckpt` for the N-th time, once its bytes are written and before
   they replace the previous checkpoint;
 - `test_batch:B` — before test batch B of the run's own test;
+- `nan_batch:E:B` — no kill: the inputs of training batch B of epoch E are set to NaN (a NaN loss follows);
 
 each optionally followed by `@K`: at the K-th time the point is reached in this process (default 1;
 a multirun's jobs run in one process).
@@ -27,9 +29,12 @@ def _install(spec: str) -> None:
     wanted = tuple(int(n) for n in numbers)
     times = {"left": int(occurrence or 1)}
 
-    def reached() -> None:
+    def due() -> bool:
         times["left"] -= 1
-        if times["left"] == 0:
+        return times["left"] == 0
+
+    def reached() -> None:
+        if due():
             os.kill(os.getpid(), signal.SIGKILL)
 
     if kind == "checkpoint":
@@ -66,6 +71,9 @@ def _install(spec: str) -> None:
         elif kind == "test_batch" and hook_name == "on_test_batch_start" and own_fit:
             if (args[1],) == wanted:
                 reached()
+        elif kind == "nan_batch" and hook_name == "on_train_batch_start" and own_fit:
+            if (trainer.current_epoch, args[1]) == wanted and due():
+                args[0]["input"].fill_(float("nan"))
         return original(trainer, hook_name, *args, **kwargs)
 
     call._call_callback_hooks = hooks
