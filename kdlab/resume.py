@@ -126,6 +126,7 @@ def pinned_directory(overrides: list[str], multirun: bool, config_name: str = "t
     single = [override.input_line for override in parsed if not override.is_sweep_override()]
     with initialize_config_module("kdlab.conf", version_base="1.3"):
         cfg = compose(config_name, overrides=single if multirun else overrides, return_hydra_config=True)
+    resuming(cfg)  # resume=true with a ckpt_path is refused first
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = RUN_PLACEHOLDER
     HydraConfig.instance().set_config(cfg)  # for `${hydra:...}` in the config

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import torch
 
-from kdlab.data.text import DataFiles, TextDataModule, collate_examples, encode_example, left_pad
+from kdlab.data.text import DataFiles, TextDataModule, collate_examples, encode_example, first_missing, left_pad
 from kdlab.errors import DataError
 
 HH_ASSISTANT = "\n\nAssistant:"
@@ -33,9 +33,6 @@ log = logging.getLogger(__name__)
 
 def parse_pair(row: Mapping[str, str], layout: str, columns: Mapping[str, str]) -> tuple[str, str, str]:
     """`(prompt, chosen response, rejected response)` of one row; ValueError with the reason if it is a bad pair."""
-    for key in ("chosen", "rejected") if layout == "hh" else ("prompt", "chosen", "rejected"):
-        if not isinstance(row[columns[key]], str):
-            raise ValueError(f"no {columns[key]!r} text (the row has {row[columns[key]]!r})")
     chosen, rejected = row[columns["chosen"]], row[columns["rejected"]]
     if layout == "hh":
         cut = chosen.rfind(HH_ASSISTANT)
@@ -102,12 +99,14 @@ class PreferenceDataModule(TextDataModule):
             return
         self.load_tokenizer()
         data = self.load()
+        needed = [self.columns[key] for key in (("chosen", "rejected") if self.layout == "hh" else ("prompt", "chosen", "rejected"))]
+        if (hole := first_missing(data, needed, self.data_files)) is not None:
+            raise DataError(f"{hole}: every row needs {', '.join(map(repr, needed))} (map other names with dataset.datamodule.columns)")
         if self.splits["val"] is None:
             carved = data[self.splits["train"]].train_test_split(test_size=self.val_fraction, seed=self.seed)
             sources = {"train": carved["train"], "val": carved["test"], "test": data[self.splits["test"]]}
         else:
             sources = {split: data[name] for split, name in self.splits.items()}
-        needed = [self.columns[key] for key in (("chosen", "rejected") if self.layout == "hh" else ("prompt", "chosen", "rejected"))]
         for split, rows in sources.items():
             missing = [column for column in needed if column not in rows.column_names]
             if missing:

@@ -46,6 +46,21 @@ def root_cause(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
+def first_missing(data, columns: Sequence[str], data_files: DataFiles) -> str | None:
+    """Where the first row of `data` (a `datasets.DatasetDict`, as loaded) without a text in one of
+    `columns` is: "FILE line N: no 'COLUMN' text" (or "the SPLIT split, row N: ..."); None when every row has them."""
+    for split, rows in data.items():
+        for column in columns:
+            if column not in rows.column_names:
+                continue
+            for number, value in enumerate(rows[column]):
+                if not isinstance(value, str):
+                    files = data_files.get(split) if isinstance(data_files, dict) else None
+                    where = f"{files} line {number + 1}" if isinstance(files, str) else f"the {split} split, row {number + 1}"
+                    return f"{where}: no {column!r} text (it has {value!r})"
+    return None
+
+
 def plain(value: Any) -> Any:
     """A Hydra config value as plain Python (dicts, lists): `datasets.load_dataset(data_files=...)`
     reads a `DictConfig` of split -> file as a list of file names."""
