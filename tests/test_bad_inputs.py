@@ -21,7 +21,6 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf import DictConfig, open_dict
-from test_configs import compose_train
 
 from kdlab.errors import KdlabError
 from kdlab.resume import claim_run_dir
@@ -34,12 +33,13 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 
 def documented_rows() -> list[tuple[str, str, str]]:
     """`(command, reported by, message)` of every row of the bad-input table."""
-    text = DOC.read_text().split("## Bad inputs", 1)[1].split("\n## ", 1)[0]
+    section = DOC.read_text().split("## Bad inputs", 1)[1].split("\n## ", 1)[0]
+    prefs = re.search(r"`<prefs>` for `([^`]+)`", section).group(1).replace("\n", " ")
     rows = []
-    for line in text.splitlines():
+    for line in section.splitlines():
         cells = [cell.strip().replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
-        if len(cells) == 4 and cells[1].startswith("`"):
-            rows.append((cells[1].strip("`"), cells[2], cells[3].strip("`")))
+        if len(cells) == 5 and cells[2].startswith("`"):
+            rows.append((" ".join(cells[2].strip("`").replace("<prefs>", prefs).split()), cells[3], cells[4].strip("`")))
     return rows
 
 
@@ -145,10 +145,9 @@ def test_every_preset_combination_that_is_meant_to_work_passes_validation(tmp_pa
     for method in catalogue():
         dataset = next(name for name, kind in kinds.items() if kind == method.regime.batches)
         overrides = [f"+method={method.name}", f"dataset={dataset}", pairs[method.regime.batches]]
-        cfg = compose_train(overrides, tmp_path)
-        validate(cfg, method.name)
+        validate(compose_run(method_overrides(overrides), tmp_path), method.name)
     for path in sorted((Path(__file__).resolve().parents[1] / "kdlab" / "conf" / "experiment").glob("*.yaml")):
-        cfg = compose_train([f"experiment={path.stem}", "trainer.accelerator=cpu", "trainer.devices=1"], tmp_path)
+        cfg = compose_run([f"experiment={path.stem}", "trainer.accelerator=cpu", "trainer.devices=1"], tmp_path)
         validate(cfg, HydraConfig.get().runtime.choices["method"])
 
 
