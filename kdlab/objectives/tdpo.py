@@ -58,8 +58,9 @@ def tdpo_loss(
 class TDPO(PreferenceObjective):
     """TDPO1/TDPO2 (see `tdpo_loss`), mean over pairs; needs the reference's full logits for SeqKL.
 
-    Defaults from the official `config/loss/tdpo.yaml`: β = 0.1, α = 0.5, TDPO2 (the README
-    recommends TDPO2 at higher learning rates, TDPO1 at low ones). Implicit rewards `β (ρ + SeqKL)`
+    Defaults (in the preset): β = 0.1, α = 0.5 from the official `config/loss/tdpo.yaml`; TDPO2 as the
+    README recommends and the official loss function defaults to (that config has said TDPO1,
+    `if_tdpo2: false`, since its commit f567175; docs/methods.md §8.4, §12.9). Implicit rewards `β (ρ + SeqKL)`
     as in the official code; the preference probability is `σ(logits)`.
     """
 
