@@ -74,7 +74,8 @@ class ResumableRun(Callback):
 
     # ---- what a resumed run needs of the earlier one --------------------------------------------
     def keep_earlier_logs(self, loggers: list[Logger]) -> None:
-        """Read the CSV logs a resumed run finds in its directory, before its loggers delete them."""
+        """Read the CSV logs the run finds in its directory, before its loggers delete them; the rows
+        before the checkpoint fitting starts from (if any) are logged again."""
         for logger in loggers:
             if isinstance(logger, CSVLogger) and (path := _metrics_file(logger)).is_file():
                 with open(path, newline="") as file:

@@ -59,17 +59,21 @@ def resuming(cfg: DictConfig) -> bool:
     return bool(cfg.resume) or cfg.ckpt_path == "last"
 
 
+class ForeignRunError(ConfigError):
+    """A resumed run's directory holds a run of another config (nothing may be written there)."""
+
+
 def claim_run_dir(cfg: DictConfig) -> str:
     """Write the config's fingerprint into the run directory (the first file a run writes) and return it.
 
     A resumed run's directory must hold this config's fingerprint: one of another config is a
-    `ConfigError` (the directory is left as it is). DDP worker processes only check.
+    `ForeignRunError` (the directory is left as it is). DDP worker processes only check.
     """
     key = config_fingerprint(cfg)
     path = Path(cfg.paths.output_dir) / FINGERPRINT_FILE
     if resuming(cfg) and path.is_file() and (found := path.read_text().strip()) != key:
-        raise ConfigError(f"resume=true: {path.parent} holds a run of another config (its {FINGERPRINT_FILE} is {found}, "
-                          f"this config's is {key}); resume it with the overrides it was started with, or drop resume=true")
+        raise ForeignRunError(f"resume=true: {path.parent} holds a run of another config (its {FINGERPRINT_FILE} is {found}, "
+                              f"this config's is {key}); resume it with the overrides it was started with, or drop resume=true")
     if not is_worker_process():
         write_atomic(path, key + "\n")
     return key
@@ -94,7 +98,7 @@ def resume_checkpoint(cfg: DictConfig) -> Path | None:
     if not resuming(cfg):
         return None
     last = Path(cfg.paths.output_dir) / LAST_CHECKPOINT
-    for leftover in last.parent.glob(".*.tmp"):  # a checkpoint being written when the run was killed
+    for leftover in [] if is_worker_process() else last.parent.glob(".*.tmp"):  # a save cut short by the kill
         leftover.unlink(missing_ok=True)
     if not last.is_file():
         log.info("resume=true: %s has no checkpoint yet; training from the beginning in it", last.parents[1])

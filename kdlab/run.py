@@ -32,7 +32,7 @@ from kdlab.methods import asked_divergence, check_divergence
 from kdlab.objectives.base import Objective
 from kdlab.results import RESULTS_FILE, environment_versions, write_json_atomic
 from kdlab.resumable import ResumableRun
-from kdlab.resume import claim_run_dir, completed_metrics, resume_checkpoint, resuming
+from kdlab.resume import ForeignRunError, claim_run_dir, completed_metrics, resume_checkpoint
 from kdlab.summary import print_summary
 from kdlab.teachers import CachedTeacher, load_teacher
 from kdlab.validate import build, recordable, validate
@@ -51,6 +51,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     record = requested(cfg)
     try:
         return _run(cfg, record)
+    except ForeignRunError:
+        raise  # the directory is another run's: nothing is recorded there
     except Exception as error:
         if not is_worker_process():
             _record_failure(cfg, record, error)
@@ -58,8 +60,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 def _record_failure(cfg: DictConfig, record: dict[str, Any], error: Exception) -> None:
-    path = Path(str(OmegaConf.select(cfg, "paths.output_dir", default="."))) / RESULTS_FILE
+    """`results.json` with status "failed"; a record that cannot be written is logged, not raised."""
+    path: Path | str = f"the run directory's {RESULTS_FILE}"
     try:
+        path = Path(cfg.paths.output_dir) / RESULTS_FILE
         write_json_atomic(path, {**record, "status": "failed", "error": f"{type(error).__name__}: {error}",
                                  "versions": environment_versions(), "config": recordable(cfg)})
     except Exception as problem:  # noqa: BLE001 - the run's error is the one to report
@@ -180,8 +184,7 @@ def _run(cfg: DictConfig, record: dict[str, Any]) -> dict[str, float]:
     tags = wandb_tags(record)
     loggers = [instantiate(node, **({"tags": tags} if key == "wandb" else {})) for key, node in cfg.logger.items()]
     resumable = ResumableRun(cfg.seed)
-    if ckpt_path and resuming(cfg):
-        resumable.keep_earlier_logs(loggers)  # before the loggers start (the CSV logger deletes what it finds)
+    resumable.keep_earlier_logs(loggers)  # before the loggers start (the CSV logger deletes what it finds)
     callbacks = [*(instantiate(callback) for callback in cfg.callbacks.values()), resumable]
     trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
     for logger in trainer.loggers:

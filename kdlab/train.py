@@ -56,14 +56,8 @@ def method_overrides(overrides: list[str]) -> list[str]:
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def _train(cfg: DictConfig) -> float | None:
     """Run one job; return `cfg.optimized_metric` for a sweeper (Optuna maximises or minimises it)."""
-    from kdlab.resume import claim_run_dir
-
     try:
-        claim_run_dir(cfg)  # first: a run killed while torch is imported is found by resume=true
-        # Imported here so that `--help` and `--cfg job` answer without loading Lightning.
-        from kdlab.run import run
-
-        metrics = run(cfg)
+        metrics = job(cfg)
     except KdlabError as error:
         _log_to_files(error)
         if _full_errors():
@@ -76,6 +70,19 @@ def _train(cfg: DictConfig) -> float | None:
     if cfg.optimized_metric not in metrics:
         log.warning("optimized_metric=%s was not logged by this run; it logged: %s", cfg.optimized_metric, ", ".join(metrics))
     return metrics.get(cfg.optimized_metric)
+
+
+def job(cfg: DictConfig) -> dict[str, float]:
+    """One job of `kdlab train` on its composed config: the run's fingerprint first, then `kdlab.run.run`."""
+    from kdlab.resume import claim_run_dir
+
+    try:
+        claim_run_dir(cfg)  # first: a run killed while Lightning is imported is found by resume=true
+    except KdlabError:
+        pass  # `run` meets it again, records the failure (unless the directory is another run's) and raises it
+    from kdlab.run import run  # here: `--help` and `--cfg job` answer without loading Lightning
+
+    return run(cfg)
 
 
 def _log_to_files(error: BaseException) -> None:
@@ -113,7 +120,7 @@ class CreateOutputDir(Callback):
 def main() -> None:
     overrides = method_overrides(sys.argv[1:])
     try:
-        overrides += _resume_pin(overrides)
+        overrides += resume_overrides(overrides)
     except KdlabError as error:
         _exit(error)
     sys.argv = [sys.argv[0], *overrides]
@@ -131,10 +138,11 @@ def _exit(error: KdlabError) -> None:
     sys.exit(1)
 
 
-def _resume_pin(argv: list[str]) -> list[str]:
+def resume_overrides(argv: list[str]) -> list[str]:
     """The override that pins the run (or sweep) directory `resume=true` continues; [] when the command
     does not resume, or only asks Hydra for help or for the config."""
     from hydra._internal.utils import get_args_parser
+    from hydra.errors import HydraException
 
     from kdlab.resume import pinned_directory
 
@@ -146,7 +154,10 @@ def _resume_pin(argv: list[str]) -> list[str]:
     if args.config_path or args.config_dir:
         raise KdlabError("resume=true finds the run to continue in kdlab's own configs: with --config-path/--config-dir, "
                          "name its directory with hydra.run.dir=DIR (a multirun's with hydra.sweep.dir=DIR)")
-    return pinned_directory(args.overrides, multirun=args.multirun, config_name=args.config_name or "train")
+    try:
+        return pinned_directory(args.overrides, multirun=args.multirun, config_name=args.config_name or "train")
+    except HydraException:
+        return []  # overrides Hydra cannot compose: Hydra reports them itself
 
 
 def _asks_resume(override: str) -> bool:

@@ -23,9 +23,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, open_dict
 
 from kdlab.errors import KdlabError
-from kdlab.resume import claim_run_dir
-from kdlab.run import run
-from kdlab.train import _resume_pin, method_overrides
+from kdlab.train import resume_overrides, job, method_overrides
 from kdlab.validate import validate
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
@@ -95,10 +93,8 @@ def message_of(command: str, data: Path, outputs: Path) -> str:
     saved = {name: os.environ.get(name) for name in [*env, "KDLAB_OUTPUTS"]}
     os.environ.update({**env, "KDLAB_OUTPUTS": str(outputs)})
     try:
-        _resume_pin(overrides)  # as `kdlab train` does before Hydra starts
-        cfg = compose_run(overrides, outputs / "run")
-        claim_run_dir(cfg)
-        run(cfg)
+        resume_overrides(overrides)  # as `kdlab train` does before Hydra starts
+        job(compose_run(overrides, outputs / "run"))
     except KdlabError as error:
         return f"kdlab: {error}"
     except HydraException as error:
@@ -189,3 +185,12 @@ def test_hydra_full_error_shows_the_traceback(tmp_path: Path) -> None:
     finally:
         del os.environ["HYDRA_FULL_ERROR"]
     assert full.returncode == 1 and "Traceback" in full.stderr and "kdlab.errors.ConfigError: seed='abc' must be an integer" in full.stderr
+
+
+def test_an_unresolvable_value_is_recorded_as_written(data: Path, tmp_path: Path) -> None:
+    """The failure handler records what it can: the run's record names the error and keeps the value as written."""
+    outputs = tmp_path / "outputs"
+    message = message_of("kdlab train paths.data_dir=${oc.env:KDLAB_NO_SUCH_VARIABLE}", data, outputs)
+    record = json.loads((outputs / "run" / "results.json").read_text())
+    assert record["status"] == "failed" and record["error"] == "ConfigError: " + message.removeprefix("kdlab: ")
+    assert record["config"]["paths"]["data_dir"] == "${oc.env:KDLAB_NO_SUCH_VARIABLE}" and record["method"] == "kd"
