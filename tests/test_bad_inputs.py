@@ -23,7 +23,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, open_dict
 
 from kdlab.errors import KdlabError
-from kdlab.train import resume_overrides, job, method_overrides
+from kdlab.train import job, method_overrides, resume_overrides
 from kdlab.validate import validate
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
