@@ -8,7 +8,7 @@ metrics and CSV log equal the reference's. Moments are drawn uniformly in [5%, 9
 process would take: the reference's duration while the teacher is not cached yet, that of a second
 reference run that finds it cached afterwards (`--seed` for the draw).
 
-    PYTHONPATH=. python benchmarks/faults.py --kills 8 --out benchmarks/results/faults.json
+    PYTHONPATH=. python benchmarks/faults.py --kills 10 --seed 1 --out benchmarks/results/faults_seed1.json
 """
 
 import argparse
