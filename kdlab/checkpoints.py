@@ -1,4 +1,5 @@
-"""Reading `torch.save` files (Lightning checkpoints, state dicts) that may be truncated or corrupt.
+"""Reading `torch.save` files (Lightning checkpoints, state dicts) that may be truncated or corrupt,
+and writing Lightning's checkpoints so that they never are (`AtomicCheckpointIO`).
 
 `torch.load` does not check the CRC-32 that the zip container of a `torch.save` file stores for every
 record, so a flipped bit loads silently, and a truncated or overwritten file fails with advice to
@@ -6,6 +7,7 @@ re-run with `weights_only=False` that would not help. `check_checkpoint` tests t
 first (Python's `zipfile`, no unpickling) and names the file and the fix.
 """
 
+import io
 import pickle
 import zipfile
 import zlib
@@ -13,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 
 from kdlab.errors import DataError
+from kdlab.results import write_atomic
 
 
 def check_checkpoint(path: str | Path, setting: str = "") -> Path:
@@ -47,3 +51,17 @@ def read_checkpoint(path: str | Path, setting: str = "") -> Any:
         named = f"{setting}={path}" if setting else str(path)
         raise DataError(f"{named} holds Python objects other than tensors, which kdlab does not unpickle: "
                         "give a Lightning checkpoint of a kdlab run or a plain state_dict") from error
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's `TorchCheckpointIO`, saving through `kdlab.results.write_atomic`: the checkpoint is
+    serialised in memory, written to a temporary file beside its path, flushed to disk and renamed over
+    it. A process killed while saving leaves the previous checkpoint whole; a full or read-only disk is
+    a `StorageError` naming the checkpoint file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_atomic(Path(path), buffer.getbuffer())

@@ -13,13 +13,18 @@ from kdlab.errors import ConfigError
 def check_label_spaces(
     datamodule: L.LightningDataModule, num_classes: int, student: nn.Module, teacher: nn.Module | None = None
 ) -> None:
-    """Raise ConfigError unless student, teacher and dataset agree on the number of classes.
+    """Raise ConfigError unless student, teacher and dataset agree on the number of classes, and the
+    models take the data's image size (`check_input_size`).
 
     The models are asked, not trusted: one forward pass on two training inputs shows how many
     logits each produces.
     """
+    own = getattr(datamodule, "num_classes", None)
+    if isinstance(own, int) and own != num_classes:
+        raise ConfigError(f"dataset.num_classes={num_classes}, but the dataset has {own} classes: set dataset.num_classes={own}")
     datamodule.setup("fit")
     inputs = first_rows(next(iter(datamodule.train_dataloader()))["input"], 2)
+    check_input_size(inputs, {"student": student} | ({"teacher": teacher} if teacher is not None else {}))
     widths = {"student": _logit_width(student, inputs)}
     if teacher is not None:
         widths["teacher"] = _logit_width(teacher, inputs)
@@ -30,6 +35,21 @@ def check_label_spaces(
             f"label spaces differ: the dataset has {num_classes} classes (dataset.num_classes) but {found}. "
             "Pick a model pair built for this dataset (model.teacher/student num_classes)."
         )
+
+
+def check_input_size(inputs: torch.Tensor | Mapping[str, torch.Tensor], models: Mapping[str, nn.Module]) -> None:
+    """Raise ConfigError when images `[B, C, H, W]` are not of the size a model declares it is built for
+    (`input_size`, e.g. the CIFAR zoo's 32x32): it would train, on a few pixels per feature map."""
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
+        return
+    size = tuple(inputs.shape[-2:])
+    for role, model in models.items():
+        built_for = getattr(model, "input_size", None)
+        if built_for is not None and tuple(built_for) != size:
+            raise ConfigError(
+                f"the {role} ({type(model).__name__}) is built for {built_for[0]}x{built_for[1]} images, but the dataset gives "
+                f"{size[0]}x{size[1]}: pick a model pair for this dataset (model=..., kdlab list models) or a dataset of that size"
+            )
 
 
 def first_rows(inputs: torch.Tensor | Mapping[str, torch.Tensor], n: int) -> torch.Tensor | dict[str, torch.Tensor]:

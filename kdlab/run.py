@@ -1,6 +1,10 @@
 """One run, start to end: check -> objective -> data, models, teacher -> fit -> test -> results.json -> summary.
 
-`run(cfg)` is what `kdlab train` calls for every job of a run or a multirun. The run's record
+`run(cfg)` is what `kdlab train` calls for every job of a run or a multirun. The config is checked
+first (`kdlab.validate`: one line naming the key, before any data or model is built). A run with
+`resume=true` continues in its own directory (`kdlab.resume`) from its last checkpoint, and repeats
+the uninterrupted run exactly (`kdlab.resumable`); one that already completed reports its recorded
+metrics and trains nothing. The run's record
 (results.json, W&B tags and hyperparameters, what `kdlab report` reads) is taken from what was
 built: `method` and `regime` from the presets Hydra composed and the module class built,
 `divergence` and `divergence_params` from the objective's `used_divergence()`, `objective` from the
@@ -17,18 +21,21 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from kdlab.checkpoints import AtomicCheckpointIO
 from kdlab.checks import check_teacher_source
 from kdlab.conf import label
 from kdlab.distributed import is_worker_process
 from kdlab.divergences import Divergence, get
-from kdlab.errors import ConfigError
+from kdlab.errors import ConfigError, KdlabError
 from kdlab.loggers import finish_wandb_run
 from kdlab.methods import asked_divergence, check_divergence
 from kdlab.objectives.base import Objective
 from kdlab.results import RESULTS_FILE, environment_versions, write_json_atomic
-from kdlab.resume import record_fingerprint, resume_checkpoint
+from kdlab.resumable import ResumableRun
+from kdlab.resume import ForeignRunError, claim_run_dir, completed_metrics, resume_checkpoint
 from kdlab.summary import print_summary
 from kdlab.teachers import CachedTeacher, load_teacher
+from kdlab.validate import build, recordable, validate
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +45,29 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     A run that raises still leaves a `results.json`, with `"status": "failed"` and the error, so
     that reports list it instead of silently missing it; one that failed before its objective was
-    built records the divergence it asked for.
+    built records the divergence it asked for. When that record cannot be written (a full disk), the
+    run's own error is raised, not the record's.
     """
     record = requested(cfg)
     try:
         return _run(cfg, record)
+    except ForeignRunError:
+        raise  # the directory is another run's: nothing is recorded there
     except Exception as error:
         if not is_worker_process():
-            write_json_atomic(
-                Path(cfg.paths.output_dir) / RESULTS_FILE,
-                {**record, "status": "failed", "error": f"{type(error).__name__}: {error}",
-                 "versions": environment_versions(), "config": OmegaConf.to_container(cfg, resolve=True)},
-            )
+            _record_failure(cfg, record, error)
         raise
+
+
+def _record_failure(cfg: DictConfig, record: dict[str, Any], error: Exception) -> None:
+    """`results.json` with status "failed"; a record that cannot be written is logged, not raised."""
+    path: Path | str = f"the run directory's {RESULTS_FILE}"
+    try:
+        path = Path(cfg.paths.output_dir) / RESULTS_FILE
+        write_json_atomic(path, {**record, "status": "failed", "error": f"{type(error).__name__}: {error}",
+                                 "versions": environment_versions(), "config": recordable(cfg)})
+    except Exception as problem:  # noqa: BLE001 - the run's error is the one to report
+        log.error("The failure of this run could not be recorded in %s: %s", path, problem)
 
 
 def composed_method() -> str:
@@ -61,18 +78,25 @@ def composed_method() -> str:
 
 
 def requested(cfg: DictConfig) -> dict[str, Any]:
-    """The run's identity as composed, before anything is built (`build_objective` fills in the rest)."""
-    name, params = asked_divergence(cfg.divergence)
+    """The run's identity as composed, before anything is built (`build_objective` fills in the rest).
+    A value that does not resolve (an unset `${oc.env:...}`) is recorded as None; `validate` names it."""
+    def value(read: Any) -> Any:
+        try:
+            return read()
+        except Exception:  # noqa: BLE001 - record what can be recorded
+            return None
+
+    name, params = value(lambda: asked_divergence(cfg.divergence)) or (None, {})
     return {
-        "run_name": cfg.run_name,
-        "method": composed_method(),
+        "run_name": value(lambda: cfg.run_name),
+        "method": value(composed_method),
         "regime": None,
         "divergence": name,
         "divergence_params": params if name is not None else None,
         "objective": None,
-        "model": cfg.model.name,
-        "dataset": cfg.dataset.name,
-        "seed": cfg.seed,
+        "model": value(lambda: cfg.model.name),
+        "dataset": value(lambda: cfg.dataset.name),
+        "seed": value(lambda: cfg.seed),
     }
 
 
@@ -95,7 +119,12 @@ def build_objective(cfg: DictConfig, method: str) -> tuple[Objective, dict[str, 
     check_divergence(method, objective_class, get_class(cfg.module._target_), cfg.divergence)
     divergence = build_divergence(cfg.divergence) if objective_class.divergence_slot.receives_divergence else None
     # A partial, then the call: Hydra would turn a dataclass argument such as the Divergence into a config node.
-    objective = instantiate(cfg.objective, _partial_=True)(**({"divergence": divergence} if divergence is not None else {}))
+    try:
+        objective = instantiate(cfg.objective, _partial_=True)(**({"divergence": divergence} if divergence is not None else {}))
+    except (ValueError, TypeError) as error:
+        if isinstance(error, KdlabError):
+            raise
+        raise ConfigError(f"objective ({cfg.objective._target_}): {error}") from error
     used = objective.used_divergence()
     if label(used.name if used else None) != label(cfg.divergence.name):  # the run name, composed before, says cfg's
         raise RuntimeError(f"{type(objective).__name__} computes with {used} but the config says divergence={cfg.divergence.name}")
@@ -120,18 +149,24 @@ def wandb_tags(record: dict[str, Any]) -> list[str]:
 
 def _run(cfg: DictConfig, record: dict[str, Any]) -> dict[str, float]:
     started = time.time()
-    objective, built = build_objective(cfg, record["method"])  # first: a divergence the method cannot use fails here
+    record["method"] = record["method"] or composed_method()  # outside Hydra: the error saying so
+    claim_run_dir(cfg)  # an unresolvable value is one line here
+    output_dir = Path(cfg.paths.output_dir)
+    if (done := completed_metrics(cfg)) is not None:
+        log.info("resume=true: %s already completed; its recorded metrics stand, nothing is trained", output_dir)
+        print_summary(cfg.run_name, done, output_dir)
+        return done
+    validate(cfg, record["method"])  # first: every bad value is one line here, before anything is built
+    objective, built = build_objective(cfg, record["method"])
     record |= built
     module_class = get_class(cfg.module._target_)
     check_teacher_source(record["method"], module_class.teacher_role, cfg.teacher.ckpt_path)
-    output_dir = Path(cfg.paths.output_dir)
-    record_fingerprint(cfg)
     ckpt_path = resume_checkpoint(cfg)
 
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.dataset.datamodule)
-    student = instantiate(cfg.model.student)
-    teacher_model = instantiate(cfg.model.teacher) if module_class.teacher_role else None
+    datamodule = build(cfg.dataset.datamodule, "dataset.datamodule")
+    student = build(cfg.model.student, "model.student")
+    teacher_model = build(cfg.model.teacher, "model.teacher") if module_class.teacher_role else None
     module_class.check_models(datamodule, cfg.dataset.num_classes, student, teacher_model, objective)
 
     teacher = load_teacher(cfg, datamodule, teacher_model) if module_class.teacher_role == "frozen" else None
@@ -148,8 +183,10 @@ def _run(cfg: DictConfig, record: dict[str, Any]) -> dict[str, float]:
     record["regime"] = qualified_name(type(module))
     tags = wandb_tags(record)
     loggers = [instantiate(node, **({"tags": tags} if key == "wandb" else {})) for key, node in cfg.logger.items()]
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
-    trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
+    resumable = ResumableRun(cfg.seed)
+    resumable.keep_earlier_logs(loggers)  # before the loggers start (the CSV logger deletes what it finds)
+    callbacks = [*(instantiate(callback) for callback in cfg.callbacks.values()), resumable]
+    trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
     for logger in trainer.loggers:
         logger.log_hyperparams(_loggable_config(cfg, teacher, record))
 
@@ -157,7 +194,7 @@ def _run(cfg: DictConfig, record: dict[str, Any]) -> dict[str, float]:
         if ckpt_path:
             log.info("Resuming from %s", ckpt_path)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        fit_metrics = dict(trainer.callback_metrics)  # testing resets them
+        fit_metrics = resumable.fit_metrics(trainer)  # testing resets the trainer's
         trainer.test(module, datamodule=datamodule, verbose=False)
     finally:
         finish_wandb_run()

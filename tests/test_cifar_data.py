@@ -10,7 +10,8 @@ from cifar_files import TEST_SIZE, TRAIN_SIZE, cifar_root, write_cifar  # noqa: 
 
 from kdlab.data import CIFARDataModule
 from kdlab.data.cifar import VARIANTS
-from kdlab.data.on_device import EpochOrder, random_crop_flip
+from kdlab.data.on_device import random_crop_flip
+from kdlab.data.order import EpochOrder
 
 
 def datamodule(root: Path, name: str = "cifar100", **kwargs) -> CIFARDataModule:

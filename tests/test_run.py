@@ -1,15 +1,10 @@
 """`kdlab train` end to end, in fresh processes, as a user runs it (small epochs)."""
 
-import csv
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from conftest import FAST, KDLAB, kdlab
+from conftest import FAST, kdlab
 
 pytestmark = pytest.mark.slow
 
@@ -52,36 +47,14 @@ def test_multirun_runs_every_job(outputs: Path) -> None:
     assert runs[0]["metrics"]["train/loss"] != runs[1]["metrics"]["train/loss"]
 
 
-def test_interrupted_run_resumes_from_its_last_checkpoint(outputs: Path) -> None:
-    args = ["train", "+method=scratch", "trainer.max_epochs=30", "logger=none"]
-    env = {**os.environ, "KDLAB_OUTPUTS": str(outputs)}
-    job = subprocess.Popen([*KDLAB, *args], env=env, cwd=outputs.parent, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while not list(outputs.glob("runs/*/*/checkpoints/last.ckpt")) and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGKILL)  # like a node lost to pre-emption
-    job.wait()
-    (interrupted,) = outputs.glob("runs/*/*")
-    assert not (interrupted / "results.json").exists()
-
-    kdlab(*args, "resume=true", outputs=outputs)
-    (result,) = results_of(outputs / "runs")
-    assert result["resumed_from"] == str(interrupted / "checkpoints" / "last.ckpt")
-    assert result["epochs"] == 30
-    resumed_dir = Path(result["config"]["paths"]["output_dir"])
-    with open(resumed_dir / "csv" / "metrics.csv") as file:
-        epochs = {int(row["epoch"]) for row in csv.DictReader(file) if row["val/acc"]}
-    assert min(epochs) > 0 and max(epochs) == 29
-
-
-def test_a_failed_run_says_why_and_is_recorded(outputs: Path) -> None:
-    result = kdlab("train", "+method=scratch", "resume=true", "logger=none", outputs=outputs, check=False)
-    assert result.returncode != 0
-    assert "no unfinished run with this config" in result.stderr
+def test_a_failed_run_says_why_in_one_line_and_is_recorded(outputs: Path) -> None:
+    result = kdlab("train", "+method=scratch", "trainer.max_epochs=abc", "logger=none", outputs=outputs, check=False)
+    assert result.returncode == 1
+    message = "trainer.max_epochs='abc' must be an integer or null (the max_epochs argument of lightning.Trainer)"
+    assert result.stderr.strip().splitlines() == [f"kdlab: {message}"]
     (record,) = results_of(outputs / "runs")
-    assert record["status"] == "failed" and "no unfinished run" in record["error"]
-    assert record["method"] == "scratch" and record["config"]["resume"] is True
+    assert record["status"] == "failed" and record["error"] == f"ConfigError: {message}"
+    assert record["method"] == "scratch" and record["config"]["trainer"]["max_epochs"] == "abc"
 
 
 def test_ddp_on_two_cpu_processes(outputs: Path) -> None:

@@ -226,7 +226,7 @@ def test_kdlab_train_on_a_full_disk_names_the_file_and_leaves_no_partial_file(ou
     result, left = kdlab_on_tmpfs("64k", outputs, *FAST, "trainer.max_epochs=1")
     assert result.returncode != 0
     entry = outputs / "teachers" / fingerprint(teacher_config(compose_train([*FAST], outputs / "run")))
-    assert f"StorageError: cannot write {entry / WEIGHTS_FILE}: No space left on device; " in result.stderr, result.stderr[-3000:]
+    assert f"kdlab: cannot write {entry / WEIGHTS_FILE}: No space left on device; " in result.stderr, result.stderr[-3000:]
     assert "weights_only" not in result.stderr
     assert all(status in ("failed", "completed") for status in left["results"]), left
     assert all(state == "complete" for state in left["teachers"].values()), left  # no half-written entry, no staging

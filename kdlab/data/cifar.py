@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from kdlab.data.on_device import DeviceBatches, EpochOrder
+from kdlab.data.on_device import DeviceBatches
+from kdlab.data.order import EpochOrder, run_seed
 
 PADDING = 4
 
@@ -44,8 +45,17 @@ class TransformedImages(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"input": self.transform(self.images[index]), "label": self.labels[index], "index": torch.tensor(index)}
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """The item at `key`: an index, or `(index, seed)` from a keyed `EpochOrder`, whose random
+        transform is then drawn from the CPU generator seeded with `seed` (and the generator put back)."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        if seed is None:
+            image = self.transform(self.images[index])
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(seed)
+                image = self.transform(self.images[index])
+        return {"input": image, "label": self.labels[index], "index": torch.tensor(index)}
 
 
 class CIFARDataModule(L.LightningDataModule):
@@ -60,6 +70,8 @@ class CIFARDataModule(L.LightningDataModule):
     and normalises batches there (`kdlab.data.on_device`): no workers, an epoch bounded by the
     models. The default DataLoader path applies the same transforms per image in `num_workers` processes.
     """
+
+    batches = "labelled"  # what the batches hold; a regime trains on one kind (kdlab.modules.base.TrainingModule.batches)
 
     in_channels = 3
 
@@ -123,20 +135,21 @@ class CIFARDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader | DeviceBatches:
         images, labels = self.splits[split]
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         if self.on_device:
-            trainer = self.trainer
             device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-            rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-            order = EpochOrder(len(labels), shuffle=train, seed=torch.initial_seed() % 2**31, rank=rank,
-                               world_size=world_size, drop_uneven=train)
+            order = EpochOrder(len(labels), shuffle=train, seed=run_seed(), rank=rank, world_size=world_size, drop_uneven=train)
             return DeviceBatches(images.to(device), labels.to(device), self.batch_size, self.variant.mean,
                                  self.variant.std, augment=train, order=order, padding=PADDING)
         augment = [v2.RandomCrop(32, padding=PADDING), v2.RandomHorizontalFlip()] if train else []
         normalise = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.variant.mean, self.variant.std)]
+        # training: each image's crop and flip are seeded by (seed, epoch, index), whichever worker draws them
+        order = EpochOrder(len(labels), True, run_seed(), rank, world_size, drop_uneven=True, keyed=True) if train else None
         return DataLoader(
             TransformedImages(images, labels, v2.Compose([*augment, *normalise])),
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=order,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

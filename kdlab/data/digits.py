@@ -34,6 +34,8 @@ class DigitsDataModule(SplitDataModule):
     held-out data. Shapes: `input` `[B, 1, 8, 8]` float32, `label` `[B]` int64.
     """
 
+    batches = "labelled"  # what the batches hold; a regime trains on one kind (kdlab.modules.base.TrainingModule.batches)
+
     num_classes = 10
     in_channels = 1
 

@@ -39,6 +39,8 @@ class GLUEDataModule(TextDataModule):
     """One GLUE task (see the module docstring). `path`/`name`/`data_files` go to `load_dataset`
     (`name` defaults to the task); `tokenizer` is the student's (hub name or local path)."""
 
+    batches = "labelled"  # what the batches hold; a regime trains on one kind (kdlab.modules.base.TrainingModule.batches)
+
     def __init__(
         self,
         task: str,

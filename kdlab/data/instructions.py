@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import torch
 
 from kdlab.data.text import DataFiles, TextDataModule, collate_examples, encode_example, left_pad
+from kdlab.errors import DataError
 
 # MiniLLM's `tools/process_data_dolly.py` (Gu et al. 2024), which DistiLLM and ABKD reuse.
 TEMPLATE = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
@@ -32,6 +33,8 @@ class InstructionDataModule(TextDataModule):
     None is carved from train (`val_size`, `test_size` rows, seeded by `seed`) — Dolly ships only a
     train split. Rows whose response is empty are dropped.
     """
+
+    batches = "text"  # what the batches hold; a regime trains on one kind (kdlab.modules.base.TrainingModule.batches)
 
     def __init__(
         self,
@@ -95,7 +98,7 @@ class InstructionDataModule(TextDataModule):
         needed = [self.columns["instruction"], self.columns["response"]]
         missing = [column for column in needed if column not in rows.column_names]
         if missing:
-            raise ValueError(f"the {split} split of {self.path} has no column {', '.join(map(repr, missing))} "
+            raise DataError(f"the {split} split of {self.path} has no column {', '.join(map(repr, missing))} "
                              f"(columns: {rows.column_names}); map yours with dataset.datamodule.columns")
         encode = self.encode
         examples, references = [], []
@@ -107,7 +110,7 @@ class InstructionDataModule(TextDataModule):
             examples.append(encode_example(encode(prompt), encode(response), self.tokenizer.eos_token_id, self.max_prompt_length, self.max_length))
             references.append(response)
         if not examples:
-            raise ValueError(f"no row with a response in the {split} split of {self.path}")
+            raise DataError(f"no row with a response in the {split} split of {self.path}")
         return examples, references
 
     def split_dataset(self, split: str) -> list[tuple[int, dict[str, list[int]]]]:

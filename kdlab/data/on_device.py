@@ -10,6 +10,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from kdlab.data.order import EpochOrder
+
 
 def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """torchvision's `RandomCrop(size, padding)` + `RandomHorizontalFlip()` for a whole batch.
@@ -38,39 +40,6 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
     return (images.float() / 255.0 - mean_t) / std_t
-
-
-class EpochOrder:
-    """The sample order of one process for each epoch: a permutation seeded by `(seed, epoch)` when
-    shuffling (so every process draws the same one), cut into `world_size` interleaved shards.
-
-    In training (`drop_uneven`) each shard has `N // world_size` samples, so that all processes
-    run the same number of steps. Lightning calls `set_epoch` at the start of every epoch (it looks
-    for a `sampler` with `set_epoch` on the loader), also after resuming from a checkpoint.
-    """
-
-    def __init__(self, size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1,
-                 drop_uneven: bool = False) -> None:
-        self.size, self.shuffle, self.seed = size, shuffle, seed
-        self.rank, self.world_size, self.drop_uneven = rank, world_size, drop_uneven
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        if self.drop_uneven:
-            return self.size // self.world_size
-        return len(range(self.rank, self.size, self.world_size))
-
-    def indices(self) -> torch.Tensor:
-        if self.shuffle:
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
-        else:
-            order = torch.arange(self.size)
-        if self.drop_uneven:
-            order = order[: len(self) * self.world_size]
-        return order[self.rank :: self.world_size]
 
 
 class DeviceBatches:

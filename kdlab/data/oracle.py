@@ -75,6 +75,8 @@ class FreshBatches(IterableDataset):
 class OracleDataModule(SplitDataModule):
     """The oracle experiment's data (see the module docstring)."""
 
+    batches = "text"  # what the batches hold; a regime trains on one kind (kdlab.modules.base.TrainingModule.batches)
+
     def __init__(
         self,
         oracle: Mapping[str, Any],
@@ -148,7 +150,9 @@ class OracleDataModule(SplitDataModule):
     def train_dataloader(self) -> DataLoader:
         if not self.online:
             return super().train_dataloader()
-        return DataLoader(FreshBatches(self, self.batches_per_epoch), batch_size=None)
+        # Its own generator: creating the loader's iterator then draws nothing from the global one, whose
+        # state the run seeds at every epoch and step (kdlab.resumable) and the fresh batches sample from.
+        return DataLoader(FreshBatches(self, self.batches_per_epoch), batch_size=None, generator=torch.Generator())
 
     def eval_prompts(self, split: str, n: int) -> dict[str, torch.Tensor]:
         prompts = self.sequences[split][:n, : 1 + self.prompt_length]

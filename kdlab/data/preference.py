@@ -23,7 +23,8 @@ from collections.abc import Mapping
 
 import torch
 
-from kdlab.data.text import DataFiles, TextDataModule, collate_examples, encode_example, left_pad
+from kdlab.data.text import DataFiles, TextDataModule, collate_examples, encode_example, first_missing, left_pad
+from kdlab.errors import DataError
 
 HH_ASSISTANT = "\n\nAssistant:"
 LAYOUTS = ("explicit", "hh")
@@ -58,6 +59,8 @@ class PreferenceDataModule(TextDataModule):
     loaded in `setup`; without a pad token, EOS pads. `eval_prompts(split, n)` gives the first n
     prompts of a split (cycling when it has fewer), left-padded, for sampling from the policy.
     """
+
+    batches = "preferences"  # what the batches hold; a regime trains on one kind (kdlab.modules.base.TrainingModule.batches)
 
     def __init__(
         self,
@@ -96,16 +99,18 @@ class PreferenceDataModule(TextDataModule):
             return
         self.load_tokenizer()
         data = self.load()
+        needed = [self.columns[key] for key in (("chosen", "rejected") if self.layout == "hh" else ("prompt", "chosen", "rejected"))]
+        if (hole := first_missing(data, needed, self.data_files)) is not None:
+            raise DataError(f"{hole}: every row needs {', '.join(map(repr, needed))} (map other names with dataset.datamodule.columns)")
         if self.splits["val"] is None:
             carved = data[self.splits["train"]].train_test_split(test_size=self.val_fraction, seed=self.seed)
             sources = {"train": carved["train"], "val": carved["test"], "test": data[self.splits["test"]]}
         else:
             sources = {split: data[name] for split, name in self.splits.items()}
-        needed = [self.columns[key] for key in (("chosen", "rejected") if self.layout == "hh" else ("prompt", "chosen", "rejected"))]
         for split, rows in sources.items():
             missing = [column for column in needed if column not in rows.column_names]
             if missing:
-                raise ValueError(f"the {split} split of {self.path} has no column {', '.join(map(repr, missing))} "
+                raise DataError(f"the {split} split of {self.path} has no column {', '.join(map(repr, missing))} "
                                  f"(columns: {rows.column_names}); map yours with dataset.datamodule.columns")
             self.pairs[split] = self._encode_split(split, rows)
 
@@ -117,14 +122,14 @@ class PreferenceDataModule(TextDataModule):
                 pairs.append(self._encode(prompt, chosen, rejected))
             except ValueError as reason:
                 if self.on_bad_pair == "error":
-                    raise ValueError(f"bad preference pair in the {split} split, row {number}: {reason} "
+                    raise DataError(f"bad preference pair in the {split} split, row {number}: {reason} "
                                      "(dataset.datamodule.on_bad_pair=skip drops and counts such pairs)") from None
                 skipped += 1
         self.skipped[split] = skipped
         if skipped:
             log.warning("skipped %d bad pairs of %d in the %s split", skipped, len(rows), split)
         if not pairs:
-            raise ValueError(f"no usable preference pair in the {split} split of {self.path}")
+            raise DataError(f"no usable preference pair in the {split} split of {self.path}")
         return pairs
 
     def _encode(self, prompt: str, chosen: str, rejected: str) -> dict[str, list[int]]:

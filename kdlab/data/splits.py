@@ -5,12 +5,15 @@ from collections.abc import Callable, Sequence
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from kdlab.data.order import EpochOrder, run_seed
+
 
 class SplitDataModule(L.LightningDataModule):
     """A datamodule that builds `split_dataset("train" | "val" | "test")` in `setup`.
 
-    Loaders batch `batch_size` items (shuffled for training) with the subclass's `collate`
-    (None: torch's default collation) in `num_workers` worker processes. `select_train(indices)`
+    Loaders batch `batch_size` items with the subclass's `collate` (None: torch's default collation)
+    in `num_workers` worker processes; training batches follow `EpochOrder`, a permutation per epoch
+    seeded by the run's seed and the epoch (sharded across DDP processes). `select_train(indices)`
     restricts the training loader to those items of the train split (a data-selection method such as
     MiniPLM's difference sampling, docs/methods.md §7.7); the items keep their own `index`.
     """
@@ -37,11 +40,16 @@ class SplitDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=self._epoch_order(len(dataset)) if shuffle else None,
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _epoch_order(self, size: int) -> EpochOrder:
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return EpochOrder(size, shuffle=True, seed=run_seed(), rank=rank, world_size=world_size, drop_uneven=True)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

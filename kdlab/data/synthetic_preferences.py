@@ -45,6 +45,8 @@ class SyntheticPreferenceDataModule(SplitDataModule):
     "modes": modes reached by ≥ 1% of the responses}`.
     """
 
+    batches = "preferences"  # what the batches hold; a regime trains on one kind (kdlab.modules.base.TrainingModule.batches)
+
     def __init__(
         self,
         task: KnownRewardTask,

@@ -12,17 +12,53 @@ from the left, response cut to fit, EOS appended), `collate_examples` batches ex
 and `left_pad` pads prompts for generation. Preference pairs are two examples that share a prompt.
 """
 
+import glob
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from kdlab.data.splits import SplitDataModule
+from kdlab.errors import DataError
 from kdlab.models.hf import load_tokenizer
 from kdlab.tokens import IGNORE_INDEX
 
 DataFiles = str | list[str] | dict[str, str | list[str]] | None  # `datasets.load_dataset(data_files=...)`: split -> file(s)
+
+
+def local_files(data_files: DataFiles) -> list[str]:
+    """The local paths (or glob patterns) among `data_files`; hub URLs (`hf://`, `https://`) left out."""
+    if data_files is None:
+        return []
+    if isinstance(data_files, str):
+        return [] if "://" in data_files else [data_files]
+    values = data_files.values() if isinstance(data_files, dict) else data_files
+    return [file for value in values for file in local_files(value)]
+
+
+def root_cause(error: BaseException) -> str:
+    """The first line of the innermost error `error` was raised from."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def first_missing(data, columns: Sequence[str], data_files: DataFiles) -> str | None:
+    """Where the first row of `data` (a `datasets.DatasetDict`, as loaded) without a text in one of
+    `columns` is: "FILE line N: no 'COLUMN' text" (or "the SPLIT split, row N: ..."); None when every row has them."""
+    for split, rows in data.items():
+        for column in columns:
+            if column not in rows.column_names:
+                continue
+            for number, value in enumerate(rows[column]):
+                if not isinstance(value, str):
+                    files = data_files.get(split) if isinstance(data_files, dict) else None
+                    where = f"{files} line {number + 1}" if isinstance(files, str) else f"the {split} split, row {number + 1}"
+                    return f"{where}: no {column!r} text (it has {value!r})"
+    return None
 
 
 def plain(value: Any) -> Any:
@@ -89,16 +125,31 @@ class TextDataModule(SplitDataModule):
         self.tokenizer = None
 
     def load(self):
-        """The dataset's splits (`datasets.DatasetDict`)."""
+        """The dataset's splits (`datasets.DatasetDict`). Local `data_files` that are missing, empty or
+        unreadable are a `DataError` naming the file."""
         import datasets  # imported here: building the data module stays cheap
 
-        return datasets.load_dataset(self.path, self.name, data_files=self.data_files)
+        for file in local_files(self.data_files):
+            if not any(glob.glob(file)):
+                raise DataError(f"dataset.datamodule.data_files: {file} does not exist; give the path of your file")
+            if not glob.has_magic(file) and Path(file).stat().st_size == 0:
+                raise DataError(f"dataset.datamodule.data_files: {file} is empty; give a file with one row per line")
+        try:
+            return datasets.load_dataset(self.path, self.name, data_files=self.data_files)
+        except datasets.exceptions.DatasetGenerationError as error:
+            raise DataError(f"dataset.datamodule.data_files: {self.data_files} cannot be read as {self.path} ({root_cause(error)}); "
+                            "every file needs the same columns, and a json file one object per line") from error
+
+    def load_tokenizer(self) -> None:
+        """`self.tokenizer`, loaded; a local path that does not hold a tokenizer is a `DataError` naming it."""
+        try:
+            self.tokenizer = load_tokenizer(self.tokenizer_name)
+        except OSError as error:
+            raise DataError(f"dataset.datamodule.tokenizer={self.tokenizer_name} cannot be loaded ({root_cause(error)}): "
+                            "give the directory of a saved tokenizer (a model's directory), or a hub name") from error
 
     def prepare_data(self) -> None:
         self.load()  # download once (process 0); `setup` then reads the local cache
-
-    def load_tokenizer(self) -> None:
-        self.tokenizer = load_tokenizer(self.tokenizer_name)
 
     def encode(self, text: str) -> list[int]:
         """`text -> ids` without special tokens (templates carry their own structure)."""

@@ -14,14 +14,15 @@ import lightning as L
 import torch
 from torch import nn
 
+from kdlab.errors import KdlabError
 from kdlab.objectives.base import Objective, PrepareContext
 from kdlab.objectives.progress import Progress
 
 Batch = dict[str, Any]
 
 
-class NonFiniteLossError(RuntimeError):
-    """A training loss became NaN or inf; the message names the step and the offending terms."""
+class NonFiniteLossError(KdlabError, RuntimeError):
+    """A training loss became NaN or inf; the message names the step, the offending terms and what to change."""
 
 
 class TrainingModule(L.LightningModule):
@@ -48,9 +49,15 @@ class TrainingModule(L.LightningModule):
     fresh teacher trained alongside) or "pretrained" (the teacher model as built from its config).
     After fitting, a model with `save_pretrained` (Hugging Face) is saved with the datamodule's
     tokenizer in `<run dir>/<export_dir>` when the regime sets `export_dir`.
+
+    `batches` names the kind of batches the regime trains on, as every datamodule class names the kind
+    it gives: "labelled" (`{"input", "label", "index"}`: images, sentences with a class), "text"
+    (prompts and responses, `kdlab.data.text`) or "preferences" (pairs, `kdlab.data.preference`);
+    `kdlab.validate` refuses a dataset of another kind than the method's regime before anything is built.
     """
 
     teacher_role: ClassVar[str | None] = None
+    batches: ClassVar[str | None] = None
     export_dir: ClassVar[str | None] = None
 
     def __init__(
@@ -189,5 +196,6 @@ class TrainingModule(L.LightningModule):
         cause = ", ".join(f"{name}={value}" for name, value in bad_terms.items()) or "no single term"
         raise NonFiniteLossError(
             f"non-finite training loss {loss.item()} at global step {self.global_step} "
-            f"(epoch {self.current_epoch}); non-finite terms: {cause}"
+            f"(epoch {self.current_epoch}); non-finite terms: {cause}. Lower optimizer.lr, or clip the gradients "
+            "(trainer.gradient_clip_val=1.0)"
         )

@@ -25,6 +25,8 @@ class ClassifierModule(TrainingModule):
     `task_metrics()` (GLUE: F1, Matthews correlation) adds its metrics of the predicted classes.
     """
 
+    batches = "labelled"
+
     def __init__(self, model: nn.Module, objective: Objective, optimizer: Any, num_classes: int, scheduler: Any | None = None) -> None:
         super().__init__(model, objective, optimizer, num_classes, scheduler)
         self.metrics = nn.ModuleDict({split: ClassificationPanel(num_classes) for split in ("val", "test")})

@@ -46,6 +46,8 @@ class LMDistillModule(TrainingModule):
     After fitting, the student is saved with `save_pretrained` (and the tokenizer) in `<run dir>/student`.
     """
 
+    batches = "text"
+
     teacher_role = "pretrained"
     export_dir = "student"
 

@@ -48,6 +48,8 @@ class PolicyModule(TrainingModule):
     `model.student.name_or_path`).
     """
 
+    batches = "preferences"
+
     export_dir = "policy"
 
     def __init__(

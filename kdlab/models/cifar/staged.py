@@ -12,7 +12,11 @@ class StagedClassifier(nn.Module):
     `features["penultimate"]`: the neck's output, the vector the head reads, `[B, feature_dim]`;
     `features["stages"]`: the output map of each stage, `[B, C_k, H_k, W_k]`, shallow to deep.
     Families build the parts and pass them here; `num_classes` and `feature_dim` are attributes.
+    `input_size` is the image size the architectures are designed for (CIFAR's 32x32): their strides
+    reduce smaller images to a few pixels, and `kdlab.checks` refuses data of another size.
     """
+
+    input_size: tuple[int, int] = (32, 32)
 
     def __init__(
         self, stem: nn.Module, stages: list[nn.Module], neck: nn.Module, feature_dim: int, num_classes: int
