@@ -56,7 +56,7 @@ def cs(
 ) -> Tensor:
     """D_CS(p,q) = -log(sum_c p_c q_c / sqrt(sum_c p_c^2 sum_c q_c^2))
 
-    Cauchy-Schwarz divergence (discrete plug-in, METHODS §1.10): symmetric, >= 0, zero iff p = q;
+    Cauchy-Schwarz divergence (discrete plug-in, docs/methods.md §1.10): symmetric, >= 0, zero iff p = q;
     each sum is a logsumexp of log-probabilities. Shapes, `mask`, `temperature` and `reduction` as
     in `fkl`.
     """

@@ -9,13 +9,13 @@ from torch import Tensor
 from kdlab.divergences._core import log_probs, reduce
 from kdlab.divergences.registry import divergence
 
-# |log(p/q)| is clamped here (METHODS §0.4 rule 5): exp(2 * 30) * 2^17 vocabulary entries stays below the
+# |log(p/q)| is clamped here (docs/methods.md §0.4 rule 5): exp(2 * 30) * 2^17 vocabulary entries stays below the
 # float32 maximum, so chi^2-type divergences remain finite for extreme logits. Values change only where
 # p/q or q/p exceeds e^30 ~ 1e13.
 MAX_LOG_RATIO = 30.0
 
 # f(u) as a function of t = log u (never of u, to avoid overflow); each is convex in u with f(1) = 0.
-# In kdlab's convention D_f(p||q) has p = teacher, q = student. METHODS §1.8 names them from the
+# In kdlab's convention D_f(p||q) has p = teacher, q = student. docs/methods.md §1.8 names them from the
 # alignment side, D_f(pi||pi_ref): there "kl" (u log u) is KL(pi||pi_ref), the RLHF "reverse KL".
 F_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "kl": lambda t: t.exp() * t,  # u log u                      -> KL(p||q)
@@ -45,7 +45,7 @@ def fdiv(
 ) -> Tensor:
     """D_f(p||q) = sum_c q_c f(p_c / q_c)
 
-    f-divergence of the teacher p from the student q for a named f of METHODS §1.8 (`F_FUNCTIONS`):
+    f-divergence of the teacher p from the student q for a named f of docs/methods.md §1.8 (`F_FUNCTIONS`):
     "kl" = KL(p||q), "reverse_kl" = KL(q||p), "js" = 2 JS(p,q), "tv" = TV, "pearson" = chi^2(p||q),
     "neyman" = chi^2(q||p). The table's alpha-divergence with parameter a is `alpha` with alpha = 1 - a.
     f is evaluated on t = log(p/q), clamped to +-MAX_LOG_RATIO. Shapes, `mask`, `temperature` and

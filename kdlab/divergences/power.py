@@ -50,7 +50,7 @@ def ab(
     """D_AB(p||q) = -1/(alpha beta) sum_c [p^alpha q^beta - alpha/(alpha+beta) p^(alpha+beta) - beta/(alpha+beta) q^(alpha+beta)]
 
     Alpha-beta divergence of ABKD (Wang et al., ICML 2025; Cichocki et al. 2011), any real alpha,
-    beta (defaults: ABKD's GPT-2 setting). The limits are separate branches (METHODS §1.7):
+    beta (defaults: ABKD's GPT-2 setting). The limits are separate branches (docs/methods.md §1.7):
     - beta = 0:           1/alpha^2 sum [p^alpha log(p^alpha / q^alpha) - p^alpha + q^alpha]  ((1, 0) = fkl)
     - alpha = 0:          1/beta^2  sum [q^beta log(q^beta / p^beta) - q^beta + p^beta]       ((0, 1) = rkl)
     - alpha + beta = 0:   1/alpha^2 sum [log(q^alpha / p^alpha) + p^alpha / q^alpha - 1]
