@@ -22,7 +22,6 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from kdlab.checkpoints import AtomicCheckpointIO
-from kdlab.checks import check_teacher_source
 from kdlab.conf import label
 from kdlab.distributed import is_worker_process
 from kdlab.divergences import Divergence, get
@@ -160,7 +159,6 @@ def _run(cfg: DictConfig, record: dict[str, Any]) -> dict[str, float]:
     objective, built = build_objective(cfg, record["method"])
     record |= built
     module_class = get_class(cfg.module._target_)
-    check_teacher_source(record["method"], module_class.teacher_role, cfg.teacher.ckpt_path)
     ckpt_path = resume_checkpoint(cfg)
 
     L.seed_everything(cfg.seed, workers=True)

@@ -87,18 +87,23 @@ def teacher_config(cfg: DictConfig, recipe: str | None = None) -> dict:
     return config
 
 
+def check_recipe(recipe: str, ckpt_path: str | None) -> None:
+    """`teacher.recipe` is one of `RECIPES`, and only `mle` goes with a finished `teacher.ckpt_path`."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"teacher.recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    if ckpt_path and recipe != "mle":
+        raise ConfigError(
+            f"teacher.ckpt_path={ckpt_path} loads a finished teacher, but teacher.recipe={recipe} trains one "
+            "from the cached MLE teacher: drop one of them"
+        )
+
+
 def load_teacher(cfg: DictConfig, datamodule: L.LightningDataModule, model: nn.Module) -> CachedTeacher:
     """Give `model` (built from `cfg.model.teacher`) the weights of the teacher for `cfg`:
     from `teacher.ckpt_path`, from the cache, or by training it now (and caching it), for `teacher.recipe`."""
     recipe = cfg.teacher.recipe
-    if recipe not in RECIPES:
-        raise ConfigError(f"teacher.recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    check_recipe(recipe, cfg.teacher.ckpt_path)
     if cfg.teacher.ckpt_path:
-        if recipe != "mle":
-            raise ConfigError(
-                f"teacher.ckpt_path={cfg.teacher.ckpt_path} loads a finished teacher, but teacher.recipe={recipe} trains one "
-                "from the cached MLE teacher: drop one of them"
-            )
         path = Path(cfg.teacher.ckpt_path)
         model.load_state_dict(read_state_dict(path))
         return CachedTeacher(model, "checkpoint", path)
@@ -213,7 +218,7 @@ def training_set_cmi(model: nn.Module, datamodule: L.LightningDataModule, num_cl
     datamodule.setup("fit")
     origin = next(model.parameters()).device
     with torch.random.fork_rng(devices=[]):
-        cmi = centroid_statistics(model.to(device), datamodule.train_dataloader(), num_classes, device, mode="eval").cmi
+        cmi = centroid_statistics(model.to(device), datamodule.train_dataloader(), num_classes, device, mode="eval", every_class=False).cmi
     model.to(origin)
     return cmi
 

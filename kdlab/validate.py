@@ -35,6 +35,7 @@ from hydra.utils import get_class, get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from kdlab.annotations import conforms, describe
+from kdlab.checks import check_teacher_source
 from kdlab.conf import CONF_DIR
 from kdlab.errors import ConfigError, KdlabError
 
@@ -100,6 +101,7 @@ _BATCHES = {
     "labelled": "labelled inputs (images or sentences with a class)",
     "text": "text (prompts and responses)",
     "preferences": "preference pairs (a prompt, a chosen and a rejected response)",
+    "prompts": "prompts alone (for on-policy sampling)",
 }
 
 
@@ -114,6 +116,7 @@ def validate(cfg: DictConfig, method: str) -> None:
     for path, node in target_nodes(config):
         check_arguments(path, node, raw)
     _check_wandb(cfg)
+    check_teacher_source(method, getattr(get_class(cfg.module._target_), "teacher_role", None), config.get("teacher", {}).get("ckpt_path"))
     _check_teacher_checkpoint(config)
     _check_accelerator(config["trainer"])
 
@@ -279,7 +282,12 @@ def _check_wandb(cfg: DictConfig) -> None:
 
 
 def _check_teacher_checkpoint(config: dict[str, Any]) -> None:
-    path = config.get("teacher", {}).get("ckpt_path")
+    teacher = config.get("teacher", {})
+    path = teacher.get("ckpt_path")
+    if "recipe" in teacher:
+        from kdlab.teachers import check_recipe
+
+        check_recipe(teacher["recipe"], path)
     if path:
         from kdlab.checkpoints import check_checkpoint
 

@@ -139,6 +139,8 @@ def test_every_preset_combination_that_is_meant_to_work_passes_validation(tmp_pa
     kinds = dataset_batches()
     pairs = {"labelled": "model=digits_cnn", "text": "model=gpt2_xl_to_gpt2", "preferences": "model=hf_policy"}
     for method in catalogue():
+        if method.regime.batches is None:  # the on-policy regime reads prompts or pairs: its experiments below
+            continue
         dataset = next(name for name, kind in kinds.items() if kind == method.regime.batches)
         overrides = [f"+method={method.name}", f"dataset={dataset}", pairs[method.regime.batches]]
         validate(compose_run(method_overrides(overrides), tmp_path), method.name)

@@ -133,7 +133,14 @@ def test_a_run_that_cannot_write_its_results_fails_in_one_line_and_leaves_none(t
     run_dir = tmp_path / "run"
     cfg = compose_train(["+method=scratch", "trainer.max_epochs=1", "logger=none", f"paths.log_dir={tmp_path}",
                          f"paths.output_dir={run_dir}"], run_dir)
-    monkeypatch.setattr(os, "fsync", disk_full)  # the disk fills up during training: results.json cannot be written
+    real_fsync = os.fsync
+
+    def full_for_results(fd: int) -> None:  # the disk fills up during training: results.json cannot be written
+        if "results.json" in os.readlink(f"/proc/self/fd/{fd}"):
+            disk_full(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_for_results)
     with pytest.raises(StorageError) as error:
         run(cfg)
     assert str(error.value).startswith(f"cannot write {run_dir / 'results.json'}: No space left on device; ")
@@ -170,7 +177,7 @@ def test_a_read_only_cache_without_a_good_teacher_says_so_before_training(
         load_teacher(*setup)
     assert str(error.value) == (
         f"paths.teacher_dir={cache_dir} cannot be written (Permission denied) and does not hold a complete teacher "
-        f"{fingerprint(teacher_config(setup[0]))}: make it writable, or set paths.teacher_dir to a writable directory")
+        f"{fingerprint(teacher_config(setup[0]))} ({setup[0].teacher.recipe}): make it writable, or set paths.teacher_dir to a writable directory")
 
 
 # -- real file systems: a full tmpfs, a read-only bind mount (root with mount namespaces only) -----------------

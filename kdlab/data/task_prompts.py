@@ -43,6 +43,8 @@ class PromptRows(Dataset):
 class TaskPromptDataModule(SplitDataModule):
     """Prompt batches of a synthetic task (see the module docstring). `rows`: split -> number of prompt rows."""
 
+    batches = "prompts"  # what the batches hold; a regime trains on one kind (kdlab.modules.base.TrainingModule.batches)
+
     def __init__(
         self,
         task: KnownRewardTask | ArithmeticTask,
