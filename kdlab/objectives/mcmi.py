@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 
 from kdlab.errors import ConfigError
@@ -36,27 +37,29 @@ class CentroidStatistics:
 
 @torch.no_grad()
 def centroid_statistics(
-    model: nn.Module, loader: Iterable[dict[str, torch.Tensor]], num_classes: int, device: torch.device, mode: str = "eval"
+    model: nn.Module, loader: Iterable[dict[str, torch.Tensor]], num_classes: int, device: torch.device, mode: str = "eval",
+    every_class: bool = True,
 ) -> CentroidStatistics:
-    """`CentroidStatistics` of `model` over `loader` (batches `{"input", "label"}`), with the model in
+    """`CentroidStatistics` of `model` over `loader` (batches `{"input", "label"}`; the input a tensor or a dict of them), with the model in
     `mode` ("eval", or "train" as the code's centroid pass: batch-norm batch statistics, and the running
-    statistics updated). Raises ConfigError when a class has no sample."""
+    statistics updated). With `every_class`, a class without a sample is a ConfigError (MCMI's loss
+    needs its centroid); otherwise its centroid is zero and it adds nothing to the CMI (a logged statistic)."""
     was_training = model.training
     model.train(mode == "train")
     sums = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)
     counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
     entropy = torch.zeros((), dtype=torch.float64, device=device)
     for batch in loader:
-        log_p = model(batch["input"].to(device)).double().log_softmax(dim=-1)
+        log_p = model(move_data_to_device(batch["input"], device)).double().log_softmax(dim=-1)
         labels = batch["label"].to(device)
         sums.index_add_(0, labels, log_p.exp())
         counts += torch.bincount(labels, minlength=num_classes).double()
         entropy -= torch.special.xlogy(log_p.exp(), log_p.exp()).sum()
     model.train(was_training)
-    if (counts == 0).any():
+    if every_class and (counts == 0).any():
         missing = (counts == 0).nonzero().flatten().tolist()
         raise ConfigError(f"MCMI class centroids need training samples of every class; none for classes {missing}")
-    centroids = sums / counts[:, None]
+    centroids = sums / counts.clamp_min(1)[:, None]
     centroid_entropy = -torch.special.xlogy(centroids, centroids).sum(dim=-1)
     cmi = ((counts * centroid_entropy).sum() - entropy) / counts.sum()
     return CentroidStatistics(centroids.float(), float(cmi))
