@@ -7,6 +7,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -53,7 +54,12 @@ def test_config_composes_resolves_and_builds(override: str, tmp_path: Path) -> N
     cfg = compose_train([override], tmp_path)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     build_objective(cfg, composed_method())  # the objective and its divergence, as kdlab.run builds them
-    instantiate(cfg.dataset.datamodule)
+    try:
+        instantiate(cfg.dataset.datamodule)
+    except InstantiationException as error:  # an optional extra this machine lacks (e.g. VADER for experiment=sentiment_smollm2)
+        if "pip install 'kdlab[examples]'" not in str(error):
+            raise
+        pytest.skip(str(error.__cause__ or error))
     for role in ("teacher", "student"):
         model = cfg.model[role]
         if model is not None and model._target_.startswith(HF_LOADERS):  # they load weights: check the call, load nothing
