@@ -2,16 +2,19 @@
 
 import inspect
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import lightning as L
 import torch
 from torch import nn
 
 from kdlab.errors import ConfigError
 
+if TYPE_CHECKING:  # validation imports this module before Lightning is needed
+    import lightning as L
+
 
 def check_label_spaces(
-    datamodule: L.LightningDataModule, num_classes: int, student: nn.Module, teacher: nn.Module | None = None
+    datamodule: "L.LightningDataModule", num_classes: int, student: nn.Module, teacher: nn.Module | None = None
 ) -> None:
     """Raise ConfigError unless student, teacher and dataset agree on the number of classes, and the
     models take the data's image size (`check_input_size`).

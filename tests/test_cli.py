@@ -1,9 +1,14 @@
 """The `kdlab` command as a user meets it: help, listings, and clear errors for unknown names."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import kdlab
+from conftest import KDLAB, kdlab
+
+HEAVY = ("lightning", "torchmetrics", "transformers", "torchvision", "wandb")  # what a training run imports
 
 
 @pytest.mark.parametrize(
@@ -42,3 +47,17 @@ def test_list_prints_every_registry(outputs: Path) -> None:
     only_methods = kdlab("list", "methods", outputs=outputs, timeout=120).stdout
     assert "scratch" in only_methods and "divergences" not in only_methods
     assert "│ fdpo" in only_methods and "rkl|fkl|js|alpha" in only_methods  # the divergences each method takes
+
+
+@pytest.mark.parametrize("command", [["--help"], ["list"], ["train", "--cfg", "job"], ["train", "+method=dkd", "--cfg", "job"]],
+                         ids=" ".join)
+def test_answers_without_training_load_no_training_library(command: list[str], tmp_path: Path) -> None:
+    """`kdlab --help`, `kdlab list` and `kdlab train --cfg job` start as fast as torch does: no Lightning (nor what it
+    imports: torchmetrics, transformers, torchvision) is imported. A fresh interpreter, not run_cli's preloaded one."""
+    report = "import atexit, sys; atexit.register(lambda: print('LOADED', *sorted(m for m in HEAVY if m in sys.modules), file=sys.stderr))"
+    script = f"HEAVY = {HEAVY!r}; {report}; import runpy; sys.argv = {[*KDLAB, *command]!r}; runpy.run_path(sys.argv[0], run_name='__main__')"
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "KDLAB_OUTPUTS": str(tmp_path / "outputs")})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "LOADED", result.stderr
+

@@ -53,6 +53,15 @@ def refused(method: str) -> str | None:
     return next((name for name in REGISTRY if not slot.accepts(name, parameters(name))), None)
 
 
+@pytest.mark.parametrize("method", method_names())
+def test_the_catalogue_reads_what_hydra_composes(method: str) -> None:
+    """The catalogue's reading of a preset (its objective and regime) is Hydra's composition of it."""
+    (entry,) = [m for m in catalogue() if m.name == method]
+    cfg = composed(method)
+    assert entry.objective is get_class(cfg.objective._target_)
+    assert entry.regime_target == cfg.module._target_
+
+
 def test_every_preset_is_swept() -> None:
     assert set(SLOTS) == set(method_names()) and len(SLOTS) >= 20
     assert {type(slot) for slot in SLOTS.values()} == {NoDivergence, FixedDivergence, OpenSlot}

@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 
 from kdlab.errors import ConfigError
@@ -44,6 +43,8 @@ def centroid_statistics(
     `mode` ("eval", or "train" as the code's centroid pass: batch-norm batch statistics, and the running
     statistics updated). With `every_class`, a class without a sample is a ConfigError (MCMI's loss
     needs its centroid); otherwise its centroid is zero and it adds nothing to the CMI (a logged statistic)."""
+    from lightning.fabric.utilities.apply_func import move_data_to_device  # here: reading the method catalogue loads no Lightning
+
     was_training = model.training
     model.train(mode == "train")
     sums = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)

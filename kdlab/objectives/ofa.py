@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlab.errors import ConfigError
-from kdlab.models.ofa_projectors import stage_projector
 from kdlab.objectives.base import Objective, PrepareContext
 
 
@@ -89,6 +88,8 @@ class OFA(Objective):
             raise ConfigError(f"objective.eps needs 1 or {len(stages) + 1} values (one per stage, then the logits'), got {self.eps}")
         eps = self.eps * (len(stages) + 1) if len(self.eps) == 1 else self.eps
         self.stage_eps = eps
+        from kdlab.models.ofa_projectors import stage_projector  # here: torchvision loads when a projector is built
+
         prefix_tokens = getattr(context.model, "num_prefix_tokens", 0)
         student_dim = student["penultimate"].shape[-1]
         self.projectors = nn.ModuleDict({
