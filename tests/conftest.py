@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_process import run_cli
 
 # Nothing in the tests may reach a hub or W&B's servers.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,9 +19,9 @@ FAST = ["trainer.max_epochs=2", "teacher.max_epochs=2", "logger=none"]
 
 
 def kdlab(*args: str, outputs: Path, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `kdlab ARGS` in a fresh process with its outputs under `outputs`; return the result."""
+    """Run `kdlab ARGS` in a new process (`run_cli`) with its outputs under `outputs`; return the result."""
     env = {**os.environ, "KDLAB_OUTPUTS": str(outputs), "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run([*KDLAB, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=outputs.parent)
+    result = run_cli([*KDLAB, *args], env=env, cwd=outputs.parent, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"kdlab {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

@@ -6,10 +6,10 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from cli_process import run_cli
 from conftest import KDLAB
 
 import kdlab
@@ -40,10 +40,10 @@ def test_a_toy_divergence_and_method_train_from_their_files_alone(tmp_path: Path
         (copy / path).write_text(content)
     outputs = tmp_path / "outputs"
     env = {**os.environ, "PYTHONPATH": str(copy), "KDLAB_OUTPUTS": str(outputs)}
-    result = subprocess.run(
+    result = run_cli(
         [*KDLAB, "train", "+method=toy", "divergence=toy", "divergence.scale=2", "trainer.max_steps=2", "trainer.max_epochs=1",
          "teacher.max_epochs=1", "logger=none"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env=env, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     (record,) = [json.loads(path.read_text()) for path in outputs.rglob("results.json")]
@@ -52,5 +52,5 @@ def test_a_toy_divergence_and_method_train_from_their_files_alone(tmp_path: Path
     assert record["objective"] == {"class": "kdlab.objectives.toy.ToyKD",
                                    "arguments": {"weight": 0.5, "divergence": {"name": "toy", "scale": 2.0}}}
     assert "train/kd" in record["metrics"]
-    listed = subprocess.run([*KDLAB, "list", "methods"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600).stdout
+    listed = run_cli([*KDLAB, "list", "methods"], env=env, cwd=tmp_path).stdout
     assert re.search(r"│ toy\s+│ any\s+│ Toy KD", listed), listed

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_process import run_cli
 from conftest import KDLAB, kdlab
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ def faulty(args: list[str], fault: str, outputs: Path) -> subprocess.CompletedPr
     """`kdlab train ARGS` with the fault `fault` (see tests/killpoint/sitecustomize.py)."""
     env = {**os.environ, "KDLAB_OUTPUTS": str(outputs), "KDLAB_KILL_AT": fault, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join([str(KILLPOINT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    return subprocess.run([*KDLAB, "train", *args], env=env, cwd=outputs.parent, capture_output=True, text=True, timeout=600)
+    return run_cli([*KDLAB, "train", *args], env=env, cwd=outputs.parent)
 
 
 def record(run_dir: Path) -> dict:

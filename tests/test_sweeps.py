@@ -185,13 +185,13 @@ def _claim(lock_dir: str, gpus: list[str], claims: "multiprocessing.Queue", rele
 
 
 def test_worker_processes_get_distinct_gpus_and_keep_them(tmp_path: Path) -> None:
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")  # fresh processes; torch and Lightning preloaded (cli_process)
     claims, release = context.Queue(), context.Event()
     gpus = ["3", "5", "6"]
     workers = [context.Process(target=_claim, args=(str(tmp_path), gpus, claims, release)) for _ in range(4)]
     for worker in workers:
         worker.start()
-    answers = [claims.get(timeout=300) for _ in workers]  # spawned processes import kdlab: slow on a loaded machine
+    answers = [claims.get(timeout=300) for _ in workers]  # each process imports kdlab: slow on a loaded machine
     release.set()
     for worker in workers:
         worker.join(30)

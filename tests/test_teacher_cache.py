@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from cli_process import CliProcess
 from conftest import FAST, KDLAB
 from hydra.utils import instantiate
 from test_configs import compose_train
@@ -295,11 +296,10 @@ def test_eight_jobs_asking_for_a_missing_teacher_train_it_once_and_agree(outputs
     env = {**os.environ, "KDLAB_OUTPUTS": str(outputs)}
     args = [*KDLAB, "train", *FAST, "trainer.max_epochs=1"]
     outputs.mkdir(parents=True)
-    jobs = [subprocess.Popen(args, env=env, cwd=outputs.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, preexec_fn=lambda: os.umask(0o002)) for _ in range(8)]
+    jobs = [CliProcess(args, env=env, cwd=outputs.parent, umask=0o002) for _ in range(8)]
     for job in jobs:
-        output, _ = job.communicate(timeout=900)
-        assert job.returncode == 0, output
+        result = job.wait(timeout=900)
+        assert result.returncode == 0, result.stdout + result.stderr
     results = [json.loads(p.read_text()) for p in sorted((outputs / "runs").rglob("results.json"))]
     assert len(results) == 8
     assert sorted(r["teacher"]["source"] for r in results) == ["cache"] * 7 + ["trained"]

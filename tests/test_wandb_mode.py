@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_process import run_cli
 from conftest import KDLAB
 
 from kdlab import loggers
@@ -169,8 +170,7 @@ def test_kdlab_train_online_without_a_network_finishes_offline(outputs: Path, si
     env = {**os.environ, "KDLAB_OUTPUTS": str(outputs), "PYTHONUNBUFFERED": "1", "WANDB_MODE": "online",
            "WANDB_API_KEY": "0" * 40, "WANDB_BASE_URL": f"http://127.0.0.1:{silent_port}"}
     started = time.monotonic()
-    result = subprocess.run([*KDLAB, "train", "+method=scratch", "trainer.max_epochs=1"], env=env, cwd=outputs.parent,
-                            capture_output=True, text=True, timeout=300)
+    result = run_cli([*KDLAB, "train", "+method=scratch", "trainer.max_epochs=1"], env=env, cwd=outputs.parent, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     output = result.stdout + result.stderr
     assert output.count(OFFLINE_LINE) == 1, output
