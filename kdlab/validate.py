@@ -1,7 +1,8 @@
 """The composed config checked before anything is built: one `ConfigError` line naming the key and the fix.
 
 `validate(cfg, method)` runs first in `kdlab.run.run`, in milliseconds (it imports the classes the
-config names and reads their signatures; it loads no data and builds no model):
+config names and reads their signatures; it builds no model, and loads no data but a user's own images,
+which the image presets read to infer their classes and channels):
 
 1. every value resolves (an unset `${oc.env:...}` names its key);
 2. every argument of every node with a `_target_` (trainer, optimiser, scheduler, objective, module,
@@ -14,7 +15,9 @@ config names and reads their signatures; it loads no data and builds no model):
 4. the W&B mode is one W&B knows, an explicit teacher checkpoint is a whole file, a GPU asked for is
    there;
 5. the dataset gives the batches the method's regime trains on (`batches`, declared by every regime
-   and every datamodule class), and a regime that distils from a teacher has a model pair with one.
+   and every datamodule class), and a regime that distils from a teacher has a model pair with one;
+6. for a user's own images, `dataset.num_classes` and `dataset.in_channels` are those the data has
+   (`kdlab.data.images`: the presets infer them, reading the files once).
 
 A value reached through an interpolation (`dataset.datamodule.batch_size: ${dataset.batch_size}`) is
 reported under the key the user sets (`dataset.batch_size`). `build(node, key)` instantiates a node so
@@ -28,6 +31,7 @@ import re
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -113,6 +117,7 @@ def validate(cfg: DictConfig, method: str) -> None:
         if _has(config, key):
             check_value(key, _get(config, key), annotation, raw)
     _check_data_fits_method(cfg, method)
+    _check_inferred(cfg, config)
     for path, node in target_nodes(config):
         check_arguments(path, node, raw)
     _check_wandb(cfg)
@@ -123,11 +128,17 @@ def validate(cfg: DictConfig, method: str) -> None:
 
 # ---- values --------------------------------------------------------------------------------------
 def resolved(cfg: DictConfig) -> dict[str, Any]:
-    """`cfg` with every interpolation resolved; `ConfigError` naming the first key that does not resolve."""
+    """`cfg` with every interpolation resolved; `ConfigError` naming the first key that does not resolve
+    (a kdlab error raised by a resolver, e.g. `inferred` reading the data, is raised as it is)."""
+    image_data()  # registers `${inferred:...}`
     try:
         return OmegaConf.to_container(cfg, resolve=True)
-    except Exception:  # noqa: BLE001 - OmegaConf's resolution errors have no common base; find the key below
-        pass
+    except Exception as error:  # noqa: BLE001 - OmegaConf's resolution errors have no common base; find the key below
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, KdlabError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
     for key, problem in _unresolvable(cfg, ""):
         raise ConfigError(f"{key}={_raw_text(cfg, key)} cannot be resolved ({problem}): set {key}, or what it refers to")
     return OmegaConf.to_container(cfg, resolve=True)
@@ -135,10 +146,19 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
 
 def recordable(cfg: DictConfig) -> dict[str, Any]:
     """`cfg` resolved where it can be, unresolvable values kept as written (for a failure's record)."""
+    image_data()  # registers `${inferred:...}`
     try:
         return OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # noqa: BLE001 - record what can be recorded
         return _partially_resolved(cfg)
+
+
+def image_data() -> ModuleType:
+    """`kdlab.data.images`, which registers the resolver `${inferred:...}` of the image presets; imported when a
+    config is resolved, not with this module (`kdlab train --cfg job` imports it and must not load Lightning)."""
+    from kdlab.data import images
+
+    return images
 
 
 def _unresolvable(node: DictConfig | ListConfig, prefix: str) -> Iterator[tuple[str, str]]:
@@ -328,6 +348,19 @@ def _check_data_fits_method(cfg: DictConfig, method: str) -> None:
     if getattr(regime, "teacher_role", None) in ("frozen", "online") and cfg.model.get("teacher") is None:
         raise ConfigError(f"+method={method} distils from a teacher, but model={cfg.model.name} has none (model.teacher: null): "
                           "use a teacher/student model pair (kdlab list models)")
+
+
+def _check_inferred(cfg: DictConfig, config: dict[str, Any]) -> None:
+    """For a user's own images (an `ImageDataModule`), `dataset.num_classes` and `dataset.in_channels` are the
+    data's: the presets infer them, and an override that disagrees would build models for other data."""
+    node, images = cfg.dataset.datamodule, image_data()
+    if not issubclass(get_class(node._target_), images.ImageDataModule):
+        return
+    for key in ("num_classes", "in_channels"):
+        given, found = config["dataset"].get(key), images.inferred(key, node)
+        if given != found:
+            raise ConfigError(f"dataset.{key}={given}, but the data has {found}: drop the override (dataset={cfg.dataset.name} "
+                              f"infers it from the data) or set dataset.{key}={found}")
 
 
 def dataset_batches() -> dict[str, str | None]:

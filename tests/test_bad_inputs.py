@@ -4,7 +4,7 @@ The table is the test's data: each row's command is run as `kdlab train` runs it
 composed by Hydra, `resume=true` looked up as on the command line, then `kdlab.run.run`), in this
 process, and the error must print as the row's message, on one line; no teacher may have been trained
 and no checkpoint written. `<data>` in a row is a directory of tiny files this module writes (a
-tokenizer, a policy, preference files, checkpoints), `<outputs>` the run's outputs directory.
+tokenizer, a policy, preference files, checkpoints, image files), `<outputs>` the run's outputs directory.
 """
 
 import json
@@ -67,9 +67,22 @@ def write_data(root: Path) -> Path:
     jsonl("without_rejected.jsonl", [{k: v for k, v in row.items() if k != "rejected"} for row in PREFERENCES])
     (root / "empty.jsonl").write_text("")
     (root / "not_json.jsonl").write_text(json.dumps(PREFERENCES[0]) + "\n{not json\n")
+    write_bad_images(root)
     torch.save({"weight": torch.zeros(2)}, root / "weights.ckpt")
     (root / "truncated.ckpt").write_bytes((root / "weights.ckpt").read_bytes()[:100])
     return root
+
+
+def write_bad_images(root: Path) -> None:
+    """Bad image data for the `dataset=image_folder|image_arrays` rows: `<data>/images/{empty,one,sizes,channels}`, `<data>/labels.npz`."""
+    from image_files import labelled_arrays, random_images, write_arrays, write_class_folders
+    from PIL import Image
+
+    (root / "images" / "empty" / "cat").mkdir(parents=True)
+    write_class_folders(root / "images" / "one", classes=("cat",))
+    for name, odd in (("sizes", (8, 8, 3)), ("channels", (6, 6))):
+        Image.fromarray(random_images(1, odd)[0]).save(write_class_folders(root / "images" / name) / "dog" / "odd.png")
+    write_arrays(root / "labels.npz", *labelled_arrays())
 
 
 def compose_run(overrides: list[str], run_dir: Path) -> DictConfig:

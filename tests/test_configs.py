@@ -11,13 +11,20 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from image_files import labelled_arrays, write_arrays, write_class_folders
 from kdlab.run import build_objective, composed_method
 from kdlab.train import method_overrides
+from kdlab.validate import resolved
 
 CONF = Path(__file__).resolve().parents[1] / "kdlab" / "conf"
 # Recipes are added with `+recipe=option`; every other group (method included) is chosen with `group=option`.
 ADDED_GROUPS = ("recipe",)
 HF_LOADERS = ("kdlab.models.hf.",)  # Hugging Face models by hub name: building one would download it
+# Presets of a user's own files: the overrides that give them tiny files written in a directory.
+DATA_FILES = {
+    "dataset=image_folder": lambda root: [f"dataset.datamodule.root={write_class_folders(root / 'images')}"],
+    "dataset=image_arrays": lambda root: [f"dataset.datamodule.path={write_arrays(root / 'images.npz', *labelled_arrays())}"],
+}
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ADDED_GROUPS and not p.name.startswith("_"))
 
 
@@ -51,8 +58,8 @@ def test_every_config_file_is_reached() -> None:
 
 @pytest.mark.parametrize("override", every_override())
 def test_config_composes_resolves_and_builds(override: str, tmp_path: Path) -> None:
-    cfg = compose_train([override], tmp_path)
-    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    cfg = compose_train([override, *DATA_FILES.get(override, lambda _: [])(tmp_path)], tmp_path)
+    resolved(cfg)  # every interpolation resolves, as the run resolves them (with kdlab's resolvers)
     build_objective(cfg, composed_method())  # the objective and its divergence, as kdlab.run builds them
     try:
         instantiate(cfg.dataset.datamodule)

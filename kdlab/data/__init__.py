@@ -4,10 +4,13 @@
 from kdlab.data.cifar import CIFARDataModule
 from kdlab.data.digits import DigitsDataModule
 from kdlab.data.glue import GLUEDataModule
+from kdlab.data.image_arrays import ImageArrayDataModule
+from kdlab.data.image_folder import ImageFolderDataModule
+from kdlab.data.images import ImageDataModule, LabelledImages
 from kdlab.data.instructions import InstructionDataModule
 from kdlab.data.on_device import DeviceBatches
 from kdlab.data.oracle import OracleDataModule
 from kdlab.data.preference import PreferenceDataModule
 from kdlab.data.synthetic_preferences import SyntheticPreferenceDataModule
 
-__all__ = ["CIFARDataModule", "DeviceBatches", "DigitsDataModule", "GLUEDataModule", "InstructionDataModule", "OracleDataModule", "PreferenceDataModule", "SyntheticPreferenceDataModule"]
+__all__ = ["CIFARDataModule", "DeviceBatches", "DigitsDataModule", "GLUEDataModule", "ImageArrayDataModule", "ImageDataModule", "ImageFolderDataModule", "InstructionDataModule", "LabelledImages", "OracleDataModule", "PreferenceDataModule", "SyntheticPreferenceDataModule"]

@@ -9,6 +9,7 @@ and torchvision's ImageNet classifiers as `tv_<torchvision name>`.
 from kdlab.models import cifar, torchvision_models  # noqa: F401  (importing registers the models)
 from kdlab.models.registry import MODELS, create, register
 from kdlab.models.small_cnn import SmallCNN
+from kdlab.models.small_images import SmallImageNet
 from kdlab.models.torchvision_models import TorchvisionClassifier
 
-__all__ = ["MODELS", "SmallCNN", "TorchvisionClassifier", "create", "register"]
+__all__ = ["MODELS", "SmallCNN", "SmallImageNet", "TorchvisionClassifier", "create", "register"]
