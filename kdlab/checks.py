@@ -85,16 +85,3 @@ def check_features(objective: str, student: nn.Module, teacher: nn.Module | None
             f"{objective} needs intermediate features, but {' and '.join(lacking)} cannot return them: "
             "its forward has no `return_features` argument. Use a kdlab vision model (kdlab list models)."
         )
-
-
-def check_teacher_source(method: str, teacher_role: str | None, ckpt_path: str | None) -> None:
-    """Raise ConfigError when a teacher checkpoint is given to a regime that would ignore it: methods
-    with no teacher (scratch, self-distillation such as uskd and pskd) and online methods, whose
-    teacher is trained from scratch alongside the student (bdkd)."""
-    if ckpt_path and teacher_role != "frozen":
-        kind = {"online": "trains its teacher from scratch with the student",
-                "pretrained": "uses the pretrained teacher model.teacher as given (set model.teacher.name_or_path)"}.get(teacher_role, "uses no teacher")
-        raise ConfigError(
-            f"teacher.ckpt_path={ckpt_path} was given, but method {method} {kind}; "
-            "drop teacher.ckpt_path or pick a method that distils from a trained teacher (e.g. +method=kd)."
-        )

@@ -4,13 +4,14 @@ A method is its preset file, `conf/method/<name>.yaml`: its objective (`objectiv
 its regime (`module._target_`, from the `conf/regime/` file it composes) are read from that file
 and the presets its defaults list names, never from a list kept in code. Reading two `_target_`
 keys needs no full composition (34 presets compose in seconds, read in milliseconds);
-tests/test_methods_catalogue.py checks the reading against Hydra's composition of every preset. `check_divergence` runs before any data, model or
+tests/test_method_records.py checks the reading against Hydra's composition of every preset. `check_divergence` runs before any data, model or
 teacher is built; when the asked divergence does not fit the objective's `divergence_slot`, its
 one-line `ConfigError` names what the method takes and the methods that take the asked divergence
 (those of the same regime first), found by composing every preset.
 """
 
 import functools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,10 +53,11 @@ def preset_targets(path: Path) -> dict[str, str]:
 
     Follows its defaults list in Hydra's order (an implicit `_self_` comes last): a bare name is
     another preset of the same group, `/regime: NAME` a `conf/regime/` file, overrides of other
-    groups (`override /divergence: ...`) set neither key.
+    groups (`override /divergence: ...`) set neither key. A key set to a key of the root config
+    (`objective: ${teacher.objective}`) is read from conf/train.yaml.
     """
     node = OmegaConf.load(path)
-    own = {key: OmegaConf.select(node, f"{key}._target_") for key in ("objective", "module")}
+    own = {key: _own_target(node, key) for key in ("objective", "module")}
     defaults = list(node.get("defaults", []))
     targets: dict[str, str] = {}
     for entry in defaults if "_self_" in defaults else [*defaults, "_self_"]:
@@ -66,6 +68,14 @@ def preset_targets(path: Path) -> dict[str, str]:
         elif "/regime" in entry:
             targets.update(preset_targets(CONF_DIR / "regime" / f"{entry['/regime']}.yaml"))
     return targets
+
+
+def _own_target(node: DictConfig, key: str) -> str | None:
+    """`<key>._target_` as the preset `node` sets it, following `key: ${root.key}` into conf/train.yaml."""
+    value = OmegaConf.to_container(node, resolve=False).get(key)
+    if isinstance(value, str) and (root_key := re.fullmatch(r"\$\{([\w.]+)\}", value)):
+        return OmegaConf.select(OmegaConf.load(CONF_DIR / "train.yaml"), f"{root_key.group(1)}._target_")
+    return value.get("_target_") if isinstance(value, dict) else None
 
 
 @functools.cache

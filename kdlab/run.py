@@ -33,7 +33,7 @@ from kdlab.results import RESULTS_FILE, environment_versions, write_json_atomic
 from kdlab.resumable import ResumableRun
 from kdlab.resume import ForeignRunError, claim_run_dir, completed_metrics, resume_checkpoint
 from kdlab.summary import print_summary
-from kdlab.teachers import CachedTeacher, load_teacher
+from kdlab.teachers import CACHED_ROLES, CachedTeacher, ignored_options, load_teacher
 from kdlab.validate import build, recordable, validate
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ def requested(cfg: DictConfig) -> dict[str, Any]:
         "model": value(lambda: cfg.model.name),
         "dataset": value(lambda: cfg.dataset.name),
         "seed": value(lambda: cfg.seed),
+        "ignored": [],  # the teacher options this method does not use (kdlab.teachers.ignored_options)
     }
 
 
@@ -159,15 +160,20 @@ def _run(cfg: DictConfig, record: dict[str, Any]) -> dict[str, float]:
     objective, built = build_objective(cfg, record["method"])
     record |= built
     module_class = get_class(cfg.module._target_)
+    role = module_class.teacher_role
+    record["ignored"] = ignored_options(role, cfg.teacher.ckpt_path, HydraConfig.get().overrides.task)
+    if record["ignored"]:
+        log.warning("+method=%s does not use %s: ignored", record["method"], ", ".join(record["ignored"]))
     ckpt_path = resume_checkpoint(cfg)
 
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.dataset.datamodule, "dataset.datamodule")
-    student = build(cfg.model.student, "model.student")
-    teacher_model = build(cfg.model.teacher, "model.teacher") if module_class.teacher_role else None
+    own = "teacher" if role == "evaluated" else "student"  # +method=teacher: the run's model is the teacher
+    student = build(cfg.model[own], f"model.{own}")
+    teacher_model = build(cfg.model.teacher, "model.teacher") if role and role != "evaluated" else None
     module_class.check_models(datamodule, cfg.dataset.num_classes, student, teacher_model, objective)
 
-    teacher = load_teacher(cfg, datamodule, teacher_model) if module_class.teacher_role == "frozen" else None
+    teacher = load_teacher(cfg, datamodule, teacher_model or student) if role in CACHED_ROLES else None
     L.seed_everything(cfg.seed, workers=True)  # training repeats exactly, teacher trained now or cached
     module = instantiate(
         cfg.module,
@@ -191,8 +197,12 @@ def _run(cfg: DictConfig, record: dict[str, Any]) -> dict[str, float]:
     try:
         if ckpt_path:
             log.info("Resuming from %s", ckpt_path)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        fit_metrics = resumable.fit_metrics(trainer)  # testing resets the trainer's
+        if role == "evaluated":  # the cache trained (or held) the teacher: it is evaluated, not fitted
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+            fit_metrics = dict(trainer.callback_metrics)
+        else:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            fit_metrics = resumable.fit_metrics(trainer)  # testing resets the trainer's
         trainer.test(module, datamodule=datamodule, verbose=False)
     finally:
         finish_wandb_run()

@@ -14,6 +14,11 @@ entry is checked by SHA-256 before use, retrained when corrupt, and read without
   `teacher.mcmi` (its objective `kdlab.objectives.mcmi.MCMI`, optimiser, schedule and epochs;
   docs/methods.md §6.1). Its fingerprint adds the `teacher.mcmi` settings to the MLE teacher's.
 
+`+method=teacher` runs the teacher alone (`ZooTeacherModule`): `kdlab.run` takes it from `load_teacher`
+(the cache entry a distillation run of the same model pair, dataset, seed and recipe uses, trained into
+it when missing) and evaluates it like any run's model. Every method accepts the `teacher.*` options;
+those its regime does not use are listed by `ignored_options` (logged once and recorded, not refused).
+
 Every teacher trained here records `cmi`, the conditional mutual information of its predictions
 over the training set (eval mode; `kdlab.objectives.mcmi.centroid_statistics`), in its metrics and
 its loggers; an MCMI teacher also records `base_cmi`, the CMI of the MLE teacher it started from.
@@ -27,7 +32,7 @@ is read by any framework.
 import json
 import logging
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +60,26 @@ METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 RECIPES = ("mle", "mcmi")
 RECIPE_KEYS = ("ckpt_path", "recipe", "mcmi")  # not part of the MLE training recipe
+CACHED_ROLES = ("frozen", "evaluated")  # the regimes (`teacher_role`) whose teacher `load_teacher` gives: teacher.* apply
+
+
+class ZooTeacherModule(TeacherModule):
+    """The regime of `+method=teacher`: the teacher of the zoo alone, as `model` (built from `model.teacher`).
+    `kdlab.run` gives it the weights `load_teacher` returns and evaluates it (validation and test, the
+    classification metric panel); nothing is fitted in the run itself: the cache trains its entry."""
+
+    teacher_role = "evaluated"
+
+
+def ignored_options(role: str | None, ckpt_path: str | None, overrides: Iterable[str]) -> list[str]:
+    """The teacher options set for a run whose regime has `teacher_role` `role` that the regime does not use:
+    `teacher.*` unless the teacher comes from `load_teacher` (`CACHED_ROLES`), and `model.teacher.*` too when
+    the regime has no teacher. `teacher.ckpt_path` counts when it is set, any other key when an override of
+    the command line (`overrides`, Hydra's task overrides) sets it."""
+    unused = () if role in CACHED_ROLES else ("teacher",) if role is not None else ("teacher", "model.teacher")
+    keys = [override.split("=", 1)[0].lstrip("+~") for override in overrides]
+    keys += ["teacher.ckpt_path"] if ckpt_path else []
+    return sorted({key for key in keys if any(key == prefix or key.startswith(f"{prefix}.") for prefix in unused)})
 
 
 @dataclass

@@ -12,7 +12,8 @@ which the image presets read to infer their classes and channels):
    `resume`, `teacher.max_epochs`, ...) have the types in `ROOT_KEYS`;
 3. numbers are in range: `RANGES`, by the parameter's name wherever it appears (`lr > 0`,
    `temperature > 0`, `batch_size >= 1`, ...);
-4. the W&B mode is one W&B knows, an explicit teacher checkpoint is a whole file, a GPU asked for is
+4. the W&B mode is one W&B knows, an explicit teacher checkpoint is a whole file (for a method that
+   uses it: the others ignore the teacher options, `kdlab.teachers.ignored_options`), a GPU asked for is
    there;
 5. the dataset gives the batches the method's regime trains on (`batches`, declared by every regime
    and every datamodule class), and a regime that distils from a teacher has a model pair with one;
@@ -39,7 +40,6 @@ from hydra.utils import get_class, get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from kdlab.annotations import conforms, describe
-from kdlab.checks import check_teacher_source
 from kdlab.conf import CONF_DIR
 from kdlab.errors import ConfigError, KdlabError
 
@@ -121,8 +121,7 @@ def validate(cfg: DictConfig, method: str) -> None:
     for path, node in target_nodes(config):
         check_arguments(path, node, raw)
     _check_wandb(cfg)
-    check_teacher_source(method, getattr(get_class(cfg.module._target_), "teacher_role", None), config.get("teacher", {}).get("ckpt_path"))
-    _check_teacher_checkpoint(config)
+    _check_teacher_checkpoint(config, getattr(get_class(cfg.module._target_), "teacher_role", None))
     _check_accelerator(config["trainer"])
 
 
@@ -301,8 +300,13 @@ def _check_wandb(cfg: DictConfig) -> None:
         wandb_mode(cfg.logger.wandb.get("mode", "auto"))
 
 
-def _check_teacher_checkpoint(config: dict[str, Any]) -> None:
+def _check_teacher_checkpoint(config: dict[str, Any], role: str | None) -> None:
+    """The recipe and an explicit teacher checkpoint, for a regime that uses them (others ignore them)."""
+    from kdlab.teachers import CACHED_ROLES
+
     teacher = config.get("teacher", {})
+    if role not in CACHED_ROLES:
+        return
     path = teacher.get("ckpt_path")
     if "recipe" in teacher:
         from kdlab.teachers import check_recipe
@@ -345,7 +349,7 @@ def _check_data_fits_method(cfg: DictConfig, method: str) -> None:
             f"+method={method} trains on {_BATCHES.get(wanted, wanted)}, but dataset={cfg.dataset.name} gives "
             f"{_BATCHES.get(given, given)}: use dataset={'|'.join(datasets)}, or a method for this dataset (+method={'|'.join(methods)})"
         )
-    if getattr(regime, "teacher_role", None) in ("frozen", "online") and cfg.model.get("teacher") is None:
+    if getattr(regime, "teacher_role", None) in ("frozen", "online", "evaluated") and cfg.model.get("teacher") is None:
         raise ConfigError(f"+method={method} distils from a teacher, but model={cfg.model.name} has none (model.teacher: null): "
                           "use a teacher/student model pair (kdlab list models)")
 

@@ -12,7 +12,6 @@ from hydra.utils import get_class, instantiate
 from test_configs import compose_train
 from torch import nn
 
-from kdlab.checks import check_teacher_source
 from kdlab.data import DigitsDataModule
 from kdlab.models import SmallCNN
 from kdlab.modules import DistillModule, OnlineDistillModule, TeacherModule
@@ -149,25 +148,6 @@ def test_feature_methods_refuse_models_without_features(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"USKD needs intermediate features, but the student \(PlainCNN\)"):
         TeacherModule.check_models(datamodule, 10, PlainCNN(), None, uskd)
     TeacherModule.check_models(datamodule, 10, PlainCNN(), None, CrossEntropy(label_smoothing=0.0))  # plain CE needs none
-
-
-@pytest.mark.parametrize("method", ["uskd", "pskd", "bdkd"])
-def test_a_teacher_checkpoint_for_a_method_that_would_ignore_it_fails_before_training(method: str, tmp_path: Path) -> None:
-    overrides = [f"+method={method}", "teacher.ckpt_path=teacher.pt", "logger=none", f"paths.output_dir={tmp_path}",
-                 f"paths.log_dir={tmp_path}"]
-    cfg = compose_train(overrides, tmp_path)
-    with pytest.raises(ValueError, match=f"teacher.ckpt_path=teacher.pt was given, but method {method}"):
-        run(cfg)
-    result = json.loads((tmp_path / "results.json").read_text())
-    assert result["status"] == "failed" and "teacher.ckpt_path" in result["error"]
-    assert not (tmp_path / "checkpoints").exists()
-
-
-def test_teacher_source_check_accepts_what_each_regime_uses() -> None:
-    check_teacher_source("kd", "frozen", "teacher.pt")
-    check_teacher_source("uskd", None, None)
-    with pytest.raises(ValueError, match="trains its teacher from scratch"):
-        check_teacher_source("bdkd", "online", "teacher.pt")
 
 
 # --- the divergence sweep, as a user runs it --------------------------------------------------
