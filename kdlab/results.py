@@ -1,4 +1,4 @@
-"""The run's record on disk: results.json, written atomically next to the checkpoints.
+"""The run's record on disk: results.json (and a text classifier's labels.json), written atomically next to the checkpoints.
 
 Every file kdlab writes goes through `write_atomic`: readers see the old file or the new one, never half
 of one, and the file gets the permissions of the user's umask (and the directory's default ACL), as a
@@ -17,12 +17,18 @@ from typing import Any
 from kdlab.errors import StorageError
 
 RESULTS_FILE = "results.json"
+LABELS_FILE = "labels.json"  # a classifier's class names by id, {"0": name, ...} (a Hugging Face config's id2label)
 _PACKAGES = ("kdlab", "torch", "torchvision", "lightning", "torchmetrics", "hydra-core", "transformers", "wandb")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write `data` as JSON to `path` so that readers see the old file or the new one, never half of one."""
     write_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_labels(directory: Path, labels: list[str]) -> None:
+    """`LABELS_FILE` in `directory`: the class names of the data, by class id."""
+    write_json_atomic(Path(directory) / LABELS_FILE, {str(i): label for i, label in enumerate(labels)})
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:

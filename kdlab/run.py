@@ -29,7 +29,7 @@ from kdlab.errors import ConfigError, KdlabError
 from kdlab.loggers import finish_wandb_run
 from kdlab.methods import asked_divergence, check_divergence
 from kdlab.objectives.base import Objective
-from kdlab.results import RESULTS_FILE, environment_versions, write_json_atomic
+from kdlab.results import RESULTS_FILE, environment_versions, write_json_atomic, write_labels
 from kdlab.resumable import ResumableRun
 from kdlab.resume import ForeignRunError, claim_run_dir, completed_metrics, resume_checkpoint
 from kdlab.summary import print_summary
@@ -172,6 +172,8 @@ def _run(cfg: DictConfig, record: dict[str, Any]) -> dict[str, float]:
     student = build(cfg.model[own], f"model.{own}")
     teacher_model = build(cfg.model.teacher, "model.teacher") if role and role != "evaluated" else None
     module_class.check_models(datamodule, cfg.dataset.num_classes, student, teacher_model, objective)
+    if (labels := getattr(datamodule, "labels", None)) is not None and not is_worker_process():
+        write_labels(output_dir, labels)  # the class names of a text classifier's data, by id (labels.json)
 
     teacher = load_teacher(cfg, datamodule, teacher_model or student) if role in CACHED_ROLES else None
     L.seed_everything(cfg.seed, workers=True)  # training repeats exactly, teacher trained now or cached

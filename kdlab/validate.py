@@ -18,7 +18,8 @@ which the image presets read to infer their classes and channels):
 5. the dataset gives the batches the method's regime trains on (`batches`, declared by every regime
    and every datamodule class), and a regime that distils from a teacher has a model pair with one;
 6. for a user's own images, `dataset.num_classes` and `dataset.in_channels` are those the data has
-   (`kdlab.data.images`: the presets infer them, reading the files once).
+   (`kdlab.data.images`: the presets infer them, reading the files once); for a user's own text,
+   `dataset.num_classes` and `dataset.labels` (`kdlab.data.text_classification`).
 
 A value reached through an interpolation (`dataset.datamodule.batch_size: ${dataset.batch_size}`) is
 reported under the key the user sets (`dataset.batch_size`). `build(node, key)` instantiates a node so
@@ -58,8 +59,11 @@ ROOT_KEYS: dict[str, Any] = {
     "dataset.name": str,
     "dataset.num_classes": int | None,
     "dataset.in_channels": int | None,
+    "dataset.labels": list[str] | None,
     "dataset.batch_size": int,
     "model.name": str,
+    "model.lr": float,
+    "model.teacher_lr": float,
 }
 
 
@@ -79,6 +83,7 @@ def _batches(value: float) -> bool:
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
     "lr": (_positive, "> 0"),
+    "teacher_lr": (_positive, "> 0"),
     "weight_decay": (lambda v: v >= 0, ">= 0"),
     "momentum": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "temperature": (_positive, "> 0"),
@@ -356,11 +361,15 @@ def _check_data_fits_method(cfg: DictConfig, method: str) -> None:
 
 def _check_inferred(cfg: DictConfig, config: dict[str, Any]) -> None:
     """For a user's own images (an `ImageDataModule`), `dataset.num_classes` and `dataset.in_channels` are the
-    data's: the presets infer them, and an override that disagrees would build models for other data."""
+    data's, and for text (a `TextClassificationDataModule`) `dataset.num_classes` and `dataset.labels`: the
+    presets infer them, and an override that disagrees would build models for other data."""
+    from kdlab.data.text_classification import TextClassificationDataModule
+
     node, images = cfg.dataset.datamodule, image_data()
-    if not issubclass(get_class(node._target_), images.ImageDataModule):
-        return
-    for key in ("num_classes", "in_channels"):
+    target = get_class(node._target_)
+    keys = ("num_classes", "in_channels") if issubclass(target, images.ImageDataModule) else (
+        ("num_classes", "labels") if issubclass(target, TextClassificationDataModule) else ())
+    for key in keys:
         given, found = config["dataset"].get(key), images.inferred(key, node)
         if given != found:
             raise ConfigError(f"dataset.{key}={given}, but the data has {found}: drop the override (dataset={cfg.dataset.name} "

@@ -56,10 +56,10 @@ def write_instructions(directory: Path) -> dict[str, str]:
     return files
 
 
-def bert_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer with BERT's special tokens and [CLS] a [SEP] b [SEP] pairs (token type ids)."""
+def bert_tokenizer(directory: Path, sentences: list[str] = SENTENCES) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer of the words of `sentences` with BERT's special tokens and [CLS] a [SEP] b [SEP] pairs (token type ids)."""
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    words = sorted({word for sentence in SENTENCES for word in sentence.split()})
+    words = sorted({word for sentence in sentences for word in sentence.split()})
     tokenizer = Tokenizer(models.WordLevel({token: i for i, token in enumerate(special + words)}, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.post_processor = processors.TemplateProcessing(
@@ -70,11 +70,11 @@ def bert_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
     return wrapped
 
 
-def save_bert(directory: Path, tokenizer: PreTrainedTokenizerFast) -> str:
-    """A random 2-layer BERT encoder (a stand-in for bert-base-uncased), saved with the tokenizer."""
+def save_bert(directory: Path, tokenizer: PreTrainedTokenizerFast, hidden_size: int = 16, num_hidden_layers: int = 2) -> str:
+    """A random BERT encoder (2 layers of width 16: a stand-in for bert-base-uncased), saved with the tokenizer."""
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                        max_position_embeddings=64)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_hidden_layers, num_attention_heads=2,
+                        intermediate_size=2 * hidden_size, max_position_embeddings=64)
     BertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return str(directory)

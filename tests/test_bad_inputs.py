@@ -68,6 +68,7 @@ def write_data(root: Path) -> Path:
     (root / "empty.jsonl").write_text("")
     (root / "not_json.jsonl").write_text(json.dumps(PREFERENCES[0]) + "\n{not json\n")
     write_bad_images(root)
+    write_bad_texts(root / "text")
     torch.save({"weight": torch.zeros(2)}, root / "weights.ckpt")
     (root / "truncated.ckpt").write_bytes((root / "weights.ckpt").read_bytes()[:100])
     return root
@@ -83,6 +84,21 @@ def write_bad_images(root: Path) -> None:
     for name, odd in (("sizes", (8, 8, 3)), ("channels", (6, 6))):
         Image.fromarray(random_images(1, odd)[0]).save(write_class_folders(root / "images" / name) / "dog" / "odd.png")
     write_arrays(root / "labels.npz", *labelled_arrays())
+
+
+def write_bad_texts(root: Path) -> None:
+    """Bad text data for the `dataset=text_classification` rows, in `<data>/text/`."""
+    from text_files import corpus_rows, write_corpus
+
+    rows = corpus_rows()
+    write_corpus(root / "topics.csv", rows)
+    write_corpus(root / "no_text.csv", [{"body": row["text"], "label": row["topic"]} for row in rows])
+    write_corpus(root / "no_label.jsonl", rows)
+    write_corpus(root / "one_class.csv", [{"text": row["text"], "label": "sport"} for row in rows])
+    write_corpus(root / "ids.csv", [{"text": row["text"], "label": i % 5} for i, row in enumerate(rows)])
+    (root / "empty.csv").write_text("")
+    (root / "topics.xlsx").write_bytes(b"PK")
+    (root / "no_files" / "sport").mkdir(parents=True)
 
 
 def compose_run(overrides: list[str], run_dir: Path) -> DictConfig:

@@ -12,6 +12,7 @@ from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from image_files import labelled_arrays, write_arrays, write_class_folders
+from text_files import write_corpus
 from kdlab.run import build_objective, composed_method
 from kdlab.train import method_overrides
 from kdlab.validate import resolved
@@ -24,6 +25,7 @@ HF_LOADERS = ("kdlab.models.hf.",)  # Hugging Face models by hub name: building 
 DATA_FILES = {
     "dataset=image_folder": lambda root: [f"dataset.datamodule.root={write_class_folders(root / 'images')}"],
     "dataset=image_arrays": lambda root: [f"dataset.datamodule.path={write_arrays(root / 'images.npz', *labelled_arrays())}"],
+    "dataset=text_classification": lambda root: [f"dataset.datamodule.data_files={write_corpus(root / 'text.csv')}", "dataset.datamodule.label_column=topic"],
 }
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ADDED_GROUPS and not p.name.startswith("_"))
 

@@ -12,5 +12,6 @@ from kdlab.data.on_device import DeviceBatches
 from kdlab.data.oracle import OracleDataModule
 from kdlab.data.preference import PreferenceDataModule
 from kdlab.data.synthetic_preferences import SyntheticPreferenceDataModule
+from kdlab.data.text_classification import TextClassificationDataModule
 
-__all__ = ["CIFARDataModule", "DeviceBatches", "DigitsDataModule", "GLUEDataModule", "ImageArrayDataModule", "ImageDataModule", "ImageFolderDataModule", "InstructionDataModule", "LabelledImages", "OracleDataModule", "PreferenceDataModule", "SyntheticPreferenceDataModule"]
+__all__ = ["CIFARDataModule", "DeviceBatches", "DigitsDataModule", "GLUEDataModule", "ImageArrayDataModule", "ImageDataModule", "ImageFolderDataModule", "InstructionDataModule", "LabelledImages", "OracleDataModule", "PreferenceDataModule", "SyntheticPreferenceDataModule", "TextClassificationDataModule"]

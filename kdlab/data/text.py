@@ -46,6 +46,15 @@ def root_cause(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
+def row_location(data_files: DataFiles, split: str, number: int) -> str:
+    """Where row `number` (from 0) of `split` is: "FILE line N" when the split is one JSON-lines file, "FILE row N"
+    (the header not counted) when it is one file of another format, else "the SPLIT split, row N"."""
+    files = data_files.get(split) if isinstance(data_files, dict) else data_files if split == "train" else None
+    if not isinstance(files, str):
+        return f"the {split} split, row {number + 1}"
+    return f"{files} {'line' if files.endswith(('.jsonl', '.json')) else 'row'} {number + 1}"
+
+
 def first_missing(data, columns: Sequence[str], data_files: DataFiles) -> str | None:
     """Where the first row of `data` (a `datasets.DatasetDict`, as loaded) without a text in one of
     `columns` is: "FILE line N: no 'COLUMN' text" (or "the SPLIT split, row N: ..."); None when every row has them."""
@@ -55,9 +64,7 @@ def first_missing(data, columns: Sequence[str], data_files: DataFiles) -> str | 
                 continue
             for number, value in enumerate(rows[column]):
                 if not isinstance(value, str):
-                    files = data_files.get(split) if isinstance(data_files, dict) else None
-                    where = f"{files} line {number + 1}" if isinstance(files, str) else f"the {split} split, row {number + 1}"
-                    return f"{where}: no {column!r} text (it has {value!r})"
+                    return f"{row_location(data_files, split, number)}: no {column!r} text (it has {value!r})"
     return None
 
 
@@ -106,6 +113,15 @@ def collate_examples(examples: Sequence[dict[str, list[int]]], pad_token_id: int
             **left_pad([e["prompt"] for e in examples], pad_token_id)}
 
 
+def tokenizer_at(name_or_path: str, key: str):
+    """`load_tokenizer(name_or_path)`; a local path that does not hold a tokenizer is a `DataError` naming `key`."""
+    try:
+        return load_tokenizer(name_or_path)
+    except OSError as error:
+        raise DataError(f"{key}={name_or_path} cannot be loaded ({root_cause(error)}): "
+                        "give the directory of a saved tokenizer (a model's directory), or a hub name") from error
+
+
 class TextDataModule(SplitDataModule):
     """A datamodule over `datasets.load_dataset(path, name, data_files=...)` — a hub dataset, or local
     `json`/`parquet`/`csv` files — tokenised with `tokenizer` (hub name or directory, loaded in
@@ -139,14 +155,14 @@ class TextDataModule(SplitDataModule):
         except datasets.exceptions.DatasetGenerationError as error:
             raise DataError(f"dataset.datamodule.data_files: {self.data_files} cannot be read as {self.path} ({root_cause(error)}); "
                             "every file needs the same columns, and a json file one object per line") from error
+        except ValueError as error:  # `datasets`: a split of no rows (a csv of a header only) "corresponds to no data"
+            if "corresponds to no data" not in str(error):
+                raise
+            raise DataError(f"dataset.datamodule.data_files: {self.data_files} has a split of no rows: give one example per row") from error
 
     def load_tokenizer(self) -> None:
-        """`self.tokenizer`, loaded; a local path that does not hold a tokenizer is a `DataError` naming it."""
-        try:
-            self.tokenizer = load_tokenizer(self.tokenizer_name)
-        except OSError as error:
-            raise DataError(f"dataset.datamodule.tokenizer={self.tokenizer_name} cannot be loaded ({root_cause(error)}): "
-                            "give the directory of a saved tokenizer (a model's directory), or a hub name") from error
+        """`self.tokenizer`, loaded (`tokenizer_at`)."""
+        self.tokenizer = tokenizer_at(self.tokenizer_name, "dataset.datamodule.tokenizer")
 
     def prepare_data(self) -> None:
         self.load()  # download once (process 0); `setup` then reads the local cache

@@ -125,7 +125,7 @@ class SequenceClassifier(nn.Module):
     """A Hugging Face sequence classifier with kdlab's classifier interface: `forward(inputs) -> [B, C]`.
 
     `inputs` is the tokenised batch dict (`input_ids`, `attention_mask`, `token_type_ids`) that
-    `kdlab.data.glue` puts under `batch["input"]`. Attributes `num_classes`, `name_or_path`.
+    `kdlab.data.text_classification` puts under `batch["input"]`. Attributes `num_classes`, `name_or_path`.
     Intermediate features are not exposed (`return_features` is not accepted), so feature-based
     objectives refuse it before training.
     """
@@ -141,16 +141,22 @@ class SequenceClassifier(nn.Module):
 
 
 def sequence_classifier(
-    name_or_path: str, num_labels: int, num_hidden_layers: int | None = None, dtype: str | None = None, revision: str | None = None
+    name_or_path: str, num_labels: int, num_hidden_layers: int | None = None, dtype: str | None = None, revision: str | None = None,
+    labels: list[str] | None = None,
 ) -> SequenceClassifier:
     """A `num_labels`-way classifier on a pretrained encoder (`AutoModelForSequenceClassification`).
 
     `num_hidden_layers=k` keeps the encoder's first k layers with their pretrained weights (the
     remaining layers' weights are not loaded) — the PKD-style 6-layer student of SinKD/PKD from
     `bert-base-uncased`. The classification head is newly initialised (seeded by the run) unless the
-    checkpoint is already a classifier with `num_labels` labels.
+    checkpoint is already a classifier with `num_labels` labels. `labels` (the data's class names in
+    id order, `dataset.labels`) become the config's `id2label`/`label2id`: a saved model names its classes.
     """
     kwargs: dict[str, Any] = {"num_labels": num_labels}
+    if labels is not None:
+        if len(labels) != num_labels:
+            raise ValueError(f"labels has {len(labels)} class names but num_labels={num_labels}: give one name per class")
+        kwargs |= {"id2label": dict(enumerate(labels)), "label2id": {label: i for i, label in enumerate(labels)}}
     if num_hidden_layers is not None:
         kwargs["num_hidden_layers"] = num_hidden_layers
     if revision:
