@@ -1,9 +1,16 @@
-"""The batch-level Sinkhorn divergence against SinKD's algorithm written plainly, POT, and its OT properties."""
+"""The batch-level Sinkhorn divergence against SinKD's algorithm written plainly, POT, and its OT properties;
+its fast parts (matrix-vector iterations with a hand-written reverse pass, the compiled L1 cost) against
+the loops autograd differentiates and `torch.cdist`."""
+
+import importlib
+import math
 
 import pytest
 import torch
 
 from kdlab.divergences import entropic_plan, get
+
+sinkhorn_module = importlib.import_module("kdlab.divergences.sinkhorn")
 
 
 def logits(*shape, scale=3.0, dtype=torch.float64, seed=0):
@@ -104,3 +111,88 @@ def test_matches_pot_plan_and_distance_at_convergence():
     torch.testing.assert_close(entropic_plan(cost, 0.1, 1000).exp(), pot_plan, rtol=1e-9, atol=1e-12)
     pot_distance = ot.sinkhorn2(uniform, uniform, cost, reg=0.1, method="sinkhorn_log", numItermax=20000, stopThr=1e-15)
     torch.testing.assert_close(get("sinkhorn", epsilon=0.1, n_iters=1000)(student, teacher), pot_distance, rtol=1e-9, atol=1e-12)
+
+
+def plan_and_gradient(cost, epsilon, n_iters, domain, weights, plan=entropic_plan):
+    """log P and d<exp(log P) + log P / 7, W>/dC for an upstream W that weights every entry differently."""
+    cost = cost.detach().requires_grad_()
+    log_plan = plan(cost, epsilon, n_iters, domain)
+    return log_plan.detach(), torch.autograd.grad(((log_plan.exp() + log_plan / 7) * weights).sum(), cost)[0]
+
+
+def loop_plan(cost, epsilon, n_iters, domain):
+    """entropic_plan through the domain's own loop (autograd through every iteration)."""
+    log_kernel = -cost / epsilon
+    f, g = sinkhorn_module._iterate(log_kernel, n_iters, domain)
+    return f[:, None] + log_kernel + g
+
+
+@pytest.mark.parametrize("domain", ["log", "plain"])
+def test_matrix_vector_iterations_and_their_reverse_pass_equal_the_loops_in_float64(domain):
+    cost = torch.cdist(logits(7, 5, seed=17).softmax(-1), logits(9, 5, seed=18).softmax(-1), p=1) + 0.3
+    weights = logits(7, 9, scale=1.0, seed=19)
+    for n_iters in (1, 2, 20):
+        fast, fast_grad = plan_and_gradient(cost, 0.1, n_iters, domain, weights)
+        loop, loop_grad = plan_and_gradient(cost, 0.1, n_iters, domain, weights, plan=loop_plan)
+        torch.testing.assert_close(fast, loop, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(fast_grad, loop_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_float32_fast_path_is_as_close_to_float64_as_the_float32_loop_at_b256():
+    cost = torch.cdist(logits(256, 100, seed=20).softmax(-1), logits(256, 100, seed=21).softmax(-1), p=1)
+    weights = logits(256, 256, scale=1.0, seed=22)
+    exact, exact_grad = plan_and_gradient(cost, 0.1, 20, "log", weights, plan=loop_plan)
+    for plan in (entropic_plan, loop_plan):
+        value, grad = plan_and_gradient(cost.float(), 0.1, 20, "log", weights.float(), plan=plan)
+        assert (value.double() - exact).norm() / exact.norm() < 1e-6
+        assert (grad.double() - exact_grad).norm() / exact_grad.norm() < 2e-6
+
+
+def test_a_kernel_beyond_the_float32_range_takes_the_domain_loop(monkeypatch):
+    cost = torch.cdist(logits(6, 5, seed=23).softmax(-1), logits(8, 5, seed=24).softmax(-1), p=1).float()
+    epsilon = 0.5 * (cost.max() - cost.min()).item() / sinkhorn_module.max_kernel_range(torch.float32)  # R = 2 R_max
+    expected = loop_plan(cost, epsilon, 50, "log")
+    monkeypatch.setattr(sinkhorn_module, "_Potentials", None)  # used here, the call would fail
+    log_plan = entropic_plan(cost, epsilon, 50)
+    torch.testing.assert_close(log_plan, expected)
+    assert log_plan.isfinite().all()
+    assert math.isclose(sinkhorn_module.max_kernel_range(torch.float32), 43.668, rel_tol=1e-4)
+
+
+def test_compiled_l1_cost_equals_cdist_in_values_and_both_gradients(monkeypatch):
+    """One compilation (dynamic shapes) serves both shapes; rows 0 of x and y are equal, so sign(0) = 0 is used."""
+    monkeypatch.setattr(sinkhorn_module, "COMPILE_MIN_NUMEL", 0)
+    monkeypatch.setattr(sinkhorn_module, "_l1_kernels", {})
+    for n, m, vocab in ((5, 7, 33), (12, 3, 50)):
+        x, y = logits(n, vocab, dtype=torch.float32, seed=n).softmax(-1), logits(m, vocab, dtype=torch.float32, seed=m + 1).softmax(-1)
+        y[0] = x[0]
+        weights = logits(n, m, scale=1.0, dtype=torch.float32, seed=25)
+        results = []
+        for cost in (sinkhorn_module.l1_cost, lambda a, b: torch.cdist(a, b, p=1)):
+            a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
+            value = cost(a, b)
+            results.append((value, *torch.autograd.grad((value * weights).sum(), (a, b))))
+        for got, want in zip(*results):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert set(sinkhorn_module._l1_kernels) == {"cost", "grad"}
+
+
+def test_a_compilation_failure_falls_back_to_cdist_with_one_warning(monkeypatch):
+    monkeypatch.setattr(sinkhorn_module, "COMPILE_MIN_NUMEL", 0)
+    monkeypatch.setattr(sinkhorn_module, "_l1_kernels", {})
+    monkeypatch.setattr(sinkhorn_module, "_l1_failed", False)
+
+    def no_backend(fn, **kwargs):
+        def fails(*args):
+            raise RuntimeError("no compiler for this backend\nsecond line")
+
+        return fails
+
+    monkeypatch.setattr(torch, "compile", no_backend)
+    x, y = logits(4, 6, dtype=torch.float32, seed=26).softmax(-1), logits(5, 6, dtype=torch.float32, seed=27).softmax(-1)
+    with pytest.warns(RuntimeWarning, match=r"compiling the L1 cost failed \(RuntimeError: no compiler for this backend\); using torch.cdist") as caught:
+        first = sinkhorn_module.l1_cost(x, y)
+        second = sinkhorn_module.l1_cost(x, y)
+    assert len(caught) == 1
+    torch.testing.assert_close(first, torch.cdist(x, y, p=1), rtol=0, atol=0)
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
