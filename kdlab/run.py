@@ -33,6 +33,7 @@ from kdlab.results import RESULTS_FILE, environment_versions, write_json_atomic,
 from kdlab.resumable import ResumableRun
 from kdlab.resume import ForeignRunError, claim_run_dir, completed_metrics, resume_checkpoint
 from kdlab.summary import print_summary
+from kdlab.teacher_outputs import replay_teacher_outputs
 from kdlab.teachers import CACHED_ROLES, CachedTeacher, ignored_options, load_teacher
 from kdlab.validate import build, recordable, validate
 
@@ -193,6 +194,8 @@ def _run(cfg: DictConfig, record: dict[str, Any]) -> dict[str, float]:
     resumable.keep_earlier_logs(loggers)  # before the loggers start (the CSV logger deletes what it finds)
     callbacks = [*(instantiate(callback) for callback in cfg.callbacks.values()), resumable]
     trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
+    if role == "frozen":  # teacher.outputs.views > 0: training batches replay the teacher's cached outputs
+        teacher.outputs = replay_teacher_outputs(cfg, datamodule, teacher, trainer.strategy.root_device)
     for logger in trainer.loggers:
         logger.log_hyperparams(_loggable_config(cfg, teacher, record))
 
@@ -232,7 +235,8 @@ def _run(cfg: DictConfig, record: dict[str, Any]) -> dict[str, float]:
 def _teacher_record(teacher: CachedTeacher | None) -> dict | None:
     if teacher is None:
         return None
-    return {"source": teacher.source, "path": str(teacher.path), "fingerprint": teacher.fingerprint, "metrics": teacher.metrics}
+    return {"source": teacher.source, "path": str(teacher.path), "fingerprint": teacher.fingerprint, "metrics": teacher.metrics,
+            "outputs": teacher.outputs}
 
 
 def _loggable_config(cfg: DictConfig, teacher: CachedTeacher | None, record: dict[str, Any]) -> dict:

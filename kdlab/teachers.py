@@ -59,7 +59,7 @@ WEIGHTS_FILE = "teacher.safetensors"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 RECIPES = ("mle", "mcmi")
-RECIPE_KEYS = ("ckpt_path", "recipe", "mcmi")  # not part of the MLE training recipe
+RECIPE_KEYS = ("ckpt_path", "recipe", "mcmi", "outputs")  # not part of the MLE training recipe (outputs: kdlab.teacher_outputs)
 CACHED_ROLES = ("frozen", "evaluated")  # the regimes (`teacher_role`) whose teacher `load_teacher` gives: teacher.* apply
 
 
@@ -91,6 +91,7 @@ class CachedTeacher:
     path: Path
     fingerprint: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    outputs: dict | None = None  # the record of its cached outputs the run replays (kdlab.teacher_outputs), if any
 
 
 def teacher_config(cfg: DictConfig, recipe: str | None = None) -> dict:

@@ -127,6 +127,7 @@ def validate(cfg: DictConfig, method: str) -> None:
         check_arguments(path, node, raw)
     _check_wandb(cfg)
     _check_teacher_checkpoint(config, getattr(get_class(cfg.module._target_), "teacher_role", None))
+    _check_teacher_views(cfg, config, method)
     _check_accelerator(config["trainer"])
 
 
@@ -321,6 +322,16 @@ def _check_teacher_checkpoint(config: dict[str, Any], role: str | None) -> None:
         from kdlab.checkpoints import check_checkpoint
 
         check_checkpoint(path, setting="teacher.ckpt_path")
+
+
+def _check_teacher_views(cfg: DictConfig, config: dict[str, Any], method: str) -> None:
+    """`teacher.outputs` (the vision teacher-output cache) in range, and only where cached views can be replayed."""
+    outputs = config.get("teacher", {}).get("outputs")
+    if outputs is not None:
+        from kdlab.teacher_outputs import check_teacher_outputs
+
+        check_teacher_outputs(outputs, method, get_class(cfg.module._target_), get_class(cfg.objective._target_),
+                              get_class(cfg.dataset.datamodule._target_), cfg.dataset.name)
 
 
 def _check_accelerator(trainer: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from torchvision.transforms import v2
 
 from kdlab.data.on_device import DeviceBatches
 from kdlab.data.order import EpochOrder, run_seed
+from kdlab.data.views import TeacherViews, ViewBatches, ViewSource, replay_loader
 
 PADDING = 4
 
@@ -69,8 +70,11 @@ class CIFARDataModule(L.LightningDataModule):
     `on_device=True` keeps each split as one uint8 tensor on the training device and crops, flips
     and normalises batches there (`kdlab.data.on_device`): no workers, an epoch bounded by the
     models. The default DataLoader path applies the same transforms per image in `num_workers` processes.
+    With `teacher_views` set (`kdlab.teacher_outputs`), training batches replay the cached views instead
+    (`kdlab.data.views.ViewBatches`, on the training device).
     """
 
+    teacher_views: TeacherViews | None = None
     batches = "labelled"  # what the batches hold; a regime trains on one kind (kdlab.modules.base.TrainingModule.batches)
 
     in_channels = 3
@@ -155,7 +159,16 @@ class CIFARDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
-    def train_dataloader(self) -> DataLoader | DeviceBatches:
+    def view_source(self) -> ViewSource:
+        """The train split for a teacher-output cache (`kdlab.data.views`): uint8 images, the crop padding, the
+        flip and the normalisation of the training transform."""
+        self.setup("fit")
+        images, labels = self.splits["train"]
+        return ViewSource(images, labels, padding=PADDING, flip=True, mean=self.variant.mean, std=self.variant.std)
+
+    def train_dataloader(self) -> DataLoader | DeviceBatches | ViewBatches:
+        if self.teacher_views is not None:
+            return replay_loader(self, self.teacher_views)
         return self._loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader | DeviceBatches:

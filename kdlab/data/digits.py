@@ -7,6 +7,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
 from kdlab.data.splits import SplitDataModule
+from kdlab.data.views import ViewSource
 
 
 class IndexedTensorDataset(Dataset):
@@ -87,3 +88,8 @@ class DigitsDataModule(SplitDataModule):
 
     def split_dataset(self, split: str) -> IndexedTensorDataset:
         return self.splits[split]
+
+    def view_source(self) -> ViewSource:
+        """The train split for a teacher-output cache (`kdlab.data.views`): standardised, not augmented (one view)."""
+        self.setup("fit")
+        return ViewSource(self.splits["train"].inputs, self.splits["train"].labels, padding=0, flip=False)

@@ -29,6 +29,7 @@ from kdlab.data.cifar import TransformedImages
 from kdlab.data.digits import IndexedTensorDataset
 from kdlab.data.order import EpochOrder, run_seed
 from kdlab.data.splits import SplitDataModule
+from kdlab.data.views import ViewSource
 from kdlab.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
@@ -215,6 +216,14 @@ class ImageDataModule(SplitDataModule):
 
     def split_dataset(self, split: str) -> Dataset:
         return self.splits[split]
+
+    def view_source(self) -> ViewSource:
+        """The train split for a teacher-output cache (`kdlab.data.views`): standardised, with this datamodule's
+        crop padding and flip (the same zero fill as `augmentation`)."""
+        self.setup("fit")
+        train = self.splits["train"]
+        images = train.images if isinstance(train, TransformedImages) else train.inputs
+        return ViewSource(images, train.labels, padding=self.padding or 0, flip=self.flip)
 
     def _epoch_order(self, size: int) -> EpochOrder:
         """Keyed when augmenting: each sample's crop and flip are seeded by (seed, epoch, index)."""

@@ -21,15 +21,23 @@ def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Genera
     with probability 1/2 — the distribution of the torchvision transforms (zero fill). Returns
     `[B, C, H, W]`, same dtype and device.
     """
+    b, device = len(images), images.device
+    top = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=device)
+    left = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=device)
+    flip = torch.rand(b, generator=generator, device=device) < 0.5
+    return crop_flip(images, padding, top, left, flip)
+
+
+def crop_flip(images: torch.Tensor, padding: int, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """The crops and flips given per image: `images` `[B, C, H, W]` zero-padded by `padding`, cut at rows
+    `top[b] .. top[b] + H - 1` and columns `left[b] .. left[b] + W - 1` (offsets `[B]` in `{0, ..., 2 * padding}`),
+    then mirrored left-right where `flip` `[B]` (bool) is set. Returns `[B, C, H, W]`, same dtype and device."""
     b, c, h, w = images.shape
     device = images.device
     padded = torch.nn.functional.pad(images, (padding,) * 4)
-    top = torch.randint(0, 2 * padding + 1, (b, 1), generator=generator, device=device)
-    left = torch.randint(0, 2 * padding + 1, (b, 1), generator=generator, device=device)
-    flip = torch.rand(b, 1, generator=generator, device=device) < 0.5
-    rows = top + torch.arange(h, device=device)  # [B, H]
+    rows = top[:, None] + torch.arange(h, device=device)  # [B, H]
     columns = torch.arange(w, device=device)
-    columns = left + torch.where(flip, columns.flip(0), columns)  # [B, W]: a flip reads the columns backwards
+    columns = left[:, None] + torch.where(flip[:, None], columns.flip(0), columns)  # [B, W]: a flip reads the columns backwards
     batch = torch.arange(b, device=device)[:, None, None, None]
     channel = torch.arange(c, device=device)[None, :, None, None]
     return padded[batch, channel, rows[:, None, :, None], columns[:, None, None, :]]

@@ -6,6 +6,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from kdlab.data.order import EpochOrder, run_seed
+from kdlab.data.views import TeacherViews, ViewBatches, replay_loader
 
 
 class SplitDataModule(L.LightningDataModule):
@@ -15,10 +16,13 @@ class SplitDataModule(L.LightningDataModule):
     in `num_workers` worker processes; training batches follow `EpochOrder`, a permutation per epoch
     seeded by the run's seed and the epoch (sharded across DDP processes). `select_train(indices)`
     restricts the training loader to those items of the train split (a data-selection method such as
-    MiniPLM's difference sampling, docs/methods.md §7.7); the items keep their own `index`.
+    MiniPLM's difference sampling, docs/methods.md §7.7); the items keep their own `index`. A subclass
+    with `view_source()` can replay a teacher-output cache: with `teacher_views` set
+    (`kdlab.teacher_outputs`), training batches are `kdlab.data.views.ViewBatches`.
     """
 
     collate: Callable | None = None
+    teacher_views: TeacherViews | None = None
 
     def __init__(self, batch_size: int, num_workers: int = 0) -> None:
         super().__init__()
@@ -51,7 +55,9 @@ class SplitDataModule(L.LightningDataModule):
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         return EpochOrder(size, shuffle=True, seed=run_seed(), rank=rank, world_size=world_size, drop_uneven=True)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | ViewBatches:
+        if self.teacher_views is not None:
+            return replay_loader(self, self.teacher_views)
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

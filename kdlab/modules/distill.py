@@ -15,6 +15,8 @@ class DistillModule(ClassifierModule):
 
     The teacher is frozen (`freeze`): eval mode, `requires_grad=False`, run under `torch.no_grad`,
     never given to the optimiser, left out of checkpoints (the run takes it from the teacher cache).
+    A batch that carries `teacher_logits` (replayed from the teacher-output cache, `kdlab.teacher_outputs`)
+    is not given to the teacher: its stored logits are the outputs'.
     """
 
     teacher_role = "frozen"
@@ -24,6 +26,8 @@ class DistillModule(ClassifierModule):
         self.freeze("teacher", teacher)
 
     def model_outputs(self, batch: Batch, split: str) -> dict[str, Any]:
+        if "teacher_logits" in batch:
+            return self.run_model(self.model, batch["input"]) | {"teacher_logits": batch["teacher_logits"]}
         with torch.no_grad():
             teacher = self.run_model(self.teacher, batch["input"], prefix="teacher_")
         return self.run_model(self.model, batch["input"]) | teacher
