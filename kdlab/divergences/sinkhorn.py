@@ -153,15 +153,16 @@ def _iterate(log_kernel: Tensor, n_iters: int, domain: str) -> tuple[Tensor, Ten
 class _Potentials(torch.autograd.Function):
     """The log-domain iterates of `entropic_plan` from the log-kernel L `[n, m]`, by matrix-vector products.
 
-    With K = exp(L - s), s = max L, each half-iteration is one product and two exp of vectors:
-        w = exp(g - max g), r = K w,    f = -log n - s - max g - log r     (= -log n - LSE_j(L_ij + g_j))
-        z = exp(f - max f), c = K^T z,  g = -log m - s - max f - log c.
+    With K = exp(L - s), s = max L, iteration t = 1 .. T keeps the normalised exponentials of the potentials
+        r = K w,    z = exp(f - max f) = min r / r   (f = -log n - LSE_j(L_ij + g_j) = -log n - s - max g - log r)
+        c = K^T z,  w = exp(g - max g) = min c / c   (g = -log m - LSE_i(L_ij + f_i) = -log m - s - max f - log c)
+    from w = 1 (g = 0); f and g themselves are formed once, at the end, from the running max g
+    (max g_t = max g_{t-1} + log(n / m) + log(min r_t / min c_t)).
     Reverse pass (A = diag(1/r) K diag(w) and B = diag(z) K diag(1/c) are the softmaxes the LSEs
-    differentiate to), from the adjoints of the final (f, g), iteration t = T .. 1:
-        f_bar -= z * (K (g_bar / c)),   L_bar -= K * (z (g_bar / c)^T),
-        g_bar  = -w * (K^T (f_bar / r)), L_bar -= K * ((f_bar / r) w^T),   then f_bar = 0;
-    the 2T rank-one terms of L_bar are one product [n, 2T] @ [2T, m]. Only K and 2T (n + m) numbers are
-    kept for the backward, instead of autograd's 2T matrices.
+    differentiate to), from the adjoints f_bar, g_bar of the final (f, g), t = T .. 1:
+        y_t = g_bar / c_t,  x_t = (f_bar [t = T] - z_t * (K y_t)) / r_t,  g_bar = -w_t * (K^T x_t),
+        L_bar = -K * sum_t (z_t y_t^T + x_t w_t^T)   (two products [n, T] @ [T, m]).
+    Only K and 4T vectors are kept for the backward, instead of autograd's 2T matrices.
     """
 
     @staticmethod
@@ -170,34 +171,32 @@ class _Potentials(torch.autograd.Function):
         shift = log_kernel.max()
         kernel = (log_kernel - shift).exp_()
         w, r, z, c = (log_kernel.new_empty(n_iters, size) for size in (m, n, n, m))
-        g = log_kernel.new_zeros(m)
+        w[0] = 1
+        r_min, c_min = [], []
         for t in range(n_iters):
-            g_max = g.max()
-            torch.exp(g - g_max, out=w[t])
             torch.mv(kernel, w[t], out=r[t])
-            f = -(math.log(n) + shift + g_max) - r[t].log()
-            f_max = f.max()
-            torch.exp(f - f_max, out=z[t])
+            r_min.append(r[t].min())
+            torch.div(r_min[t], r[t], out=z[t])
             torch.mv(kernel.T, z[t], out=c[t])
-            g = -(math.log(m) + shift + f_max) - c[t].log()
+            c_min.append(c[t].min())
+            if t + 1 < n_iters:
+                torch.div(c_min[t], c[t], out=w[t + 1])
+        log_r_min, log_c_min = torch.stack(r_min).log(), torch.stack(c_min).log()
+        g_max = (n_iters - 1) * math.log(n / m) + (log_r_min[:-1] - log_c_min[:-1]).sum()  # of the g that made the last w
         ctx.save_for_backward(kernel, w, r, z, c)
-        return f, g
+        return -math.log(n) - shift - g_max - r[-1].log(), math.log(n / m) + g_max + log_r_min[-1] - c[-1].log()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, f_bar: Tensor, g_bar: Tensor) -> tuple[Tensor, None]:
         kernel, w, r, z, c = ctx.saved_tensors
-        n_iters, (n, m) = w.shape[0], kernel.shape
-        left, right = kernel.new_empty(2 * n_iters, n), kernel.new_empty(2 * n_iters, m)
-        for t in reversed(range(n_iters)):
-            torch.div(g_bar, c[t], out=right[2 * t])
-            left[2 * t] = z[t]
-            f_bar = f_bar - z[t] * (kernel @ right[2 * t])
-            torch.div(f_bar, r[t], out=left[2 * t + 1])
-            right[2 * t + 1] = w[t]
-            g_bar = -w[t] * (kernel.T @ left[2 * t + 1])
-            f_bar = 0
-        return kernel * (left.T @ right).neg_(), None
+        x, y = torch.empty_like(r), torch.empty_like(c)
+        for t in reversed(range(w.shape[0])):
+            torch.div(g_bar, c[t], out=y[t])
+            f_adjoint = torch.mv(kernel, y[t]).mul_(z[t]).neg_()
+            torch.div(f_adjoint + f_bar if t == w.shape[0] - 1 else f_adjoint, r[t], out=x[t])
+            g_bar = torch.mv(kernel.T, x[t]).mul_(w[t]).neg_()
+        return torch.addmm(x.T @ w, z.T, y).mul_(kernel).neg_(), None
 
 
 @divergence("sinkhorn", batch_level=True)
