@@ -1,4 +1,5 @@
-"""The `kdlab` command: `kdlab train [HYDRA OVERRIDES]`, `kdlab list [WHAT]`, `kdlab report PATH...`."""
+"""The `kdlab` command: `kdlab train [HYDRA OVERRIDES]`, `kdlab list [WHAT]`, `kdlab report PATH...`,
+`kdlab eval RUN_DIR [KEY=VALUE...]`, `kdlab export RUN_DIR --format FORMAT`."""
 
 import argparse
 import sys
@@ -37,6 +38,16 @@ def main(argv: list[str] | None = None) -> None:
     report.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                         help="count only runs whose field or config path KEY equals VALUE (repeatable), "
                              "e.g. --where trainer.max_epochs=30")
+    evaluation = commands.add_parser("eval", help="evaluate a finished run's model again; appends to <RUN_DIR>/eval.json")
+    evaluation.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory kdlab train printed")
+    evaluation.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                            help="split=test|val (default test), and overrides of the run's config: dataset=NAME, dataset.datamodule.KEY=VALUE, ...")
+    export = commands.add_parser("export", help="write a finished run's model for use outside kdlab")
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory kdlab train printed")
+    export.add_argument("--format", required=True, help="hf (save_pretrained directory), state_dict (safetensors + model.json) "
+                                                        "or torchscript (a traced vision model)")
+    export.add_argument("--out", type=Path, help="output directory, new or empty (default: <RUN_DIR>/export/<model>-<format>)")
+    export.add_argument("--model", default="student", help="student (default: the model the run trained) or teacher")
     args = parser.parse_args(argv)
     if args.command == "list":
         print_registries([args.what] if args.what else [*_GROUPS, "divergences"])
@@ -49,6 +60,29 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as error:
             report.error(str(error))
         print_report(result, args.rows)
+    elif args.command in ("eval", "export"):
+        run_saved(args)
+
+
+def run_saved(args: argparse.Namespace) -> None:
+    """`kdlab eval` or `kdlab export`; a kdlab error is its one line and exit status 1 (`kdlab.train`'s)."""
+    from kdlab.errors import KdlabError
+    from kdlab.train import _exit
+
+    try:
+        if args.command == "eval":
+            from kdlab.evaluate import evaluate
+            from kdlab.summary import print_summary
+
+            entry, path = evaluate(args.run_dir, args.overrides)
+            print_summary(f"eval {entry['split']} · {entry['dataset']['preset']}", entry["metrics"], args.run_dir)
+            print(f"recorded in {path}")
+        else:
+            from kdlab.export import export
+
+            print(f"exported to {export(args.run_dir, args.format, args.out, args.model)}")
+    except KdlabError as error:
+        _exit(error)
 
 
 def print_registries(names: list[str]) -> None:

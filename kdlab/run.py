@@ -20,6 +20,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from kdlab.checkpoints import AtomicCheckpointIO
 from kdlab.conf import label
@@ -28,6 +29,7 @@ from kdlab.divergences import Divergence, get
 from kdlab.errors import ConfigError, KdlabError
 from kdlab.loggers import finish_wandb_run
 from kdlab.methods import asked_divergence, check_divergence
+from kdlab.modules.base import TrainingModule
 from kdlab.objectives.base import Objective
 from kdlab.results import RESULTS_FILE, environment_versions, write_json_atomic, write_labels
 from kdlab.resumable import ResumableRun
@@ -148,6 +150,33 @@ def wandb_tags(record: dict[str, Any]) -> list[str]:
     return [record["method"], label(record["divergence"]), record["model"], record["dataset"], f"seed{record['seed']}"]
 
 
+def build_models(cfg: DictConfig, objective: Objective) -> tuple[L.LightningDataModule, nn.Module, nn.Module | None]:
+    """The datamodule, the run's model (`model.student`; `model.teacher` for a regime that evaluates the
+    teacher) and the teacher model beside it (None for a regime without one), checked against each
+    other (`check_models`). The teacher model has no trained weights yet (`kdlab.teachers` gives them)."""
+    module_class = get_class(cfg.module._target_)
+    role = module_class.teacher_role
+    datamodule = build(cfg.dataset.datamodule, "dataset.datamodule")
+    own = "teacher" if role == "evaluated" else "student"  # +method=teacher: the run's model is the teacher
+    student = build(cfg.model[own], f"model.{own}")
+    teacher_model = build(cfg.model.teacher, "model.teacher") if role and role != "evaluated" else None
+    module_class.check_models(datamodule, cfg.dataset.num_classes, student, teacher_model, objective)
+    return datamodule, student, teacher_model
+
+
+def build_module(cfg: DictConfig, student: nn.Module, objective: Objective, teacher_model: nn.Module | None) -> TrainingModule:
+    """The regime `cfg.module` around the built models and objective, with the run's optimiser and schedule."""
+    return instantiate(
+        cfg.module,
+        model=student,
+        objective=objective,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.scheduler else None,
+        num_classes=cfg.dataset.num_classes,
+        **({"teacher": teacher_model} if teacher_model is not None else {}),
+    )
+
+
 def _run(cfg: DictConfig, record: dict[str, Any]) -> dict[str, float]:
     started = time.time()
     record["method"] = record["method"] or composed_method()  # outside Hydra: the error saying so
@@ -168,25 +197,13 @@ def _run(cfg: DictConfig, record: dict[str, Any]) -> dict[str, float]:
     ckpt_path = resume_checkpoint(cfg)
 
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = build(cfg.dataset.datamodule, "dataset.datamodule")
-    own = "teacher" if role == "evaluated" else "student"  # +method=teacher: the run's model is the teacher
-    student = build(cfg.model[own], f"model.{own}")
-    teacher_model = build(cfg.model.teacher, "model.teacher") if role and role != "evaluated" else None
-    module_class.check_models(datamodule, cfg.dataset.num_classes, student, teacher_model, objective)
+    datamodule, student, teacher_model = build_models(cfg, objective)
     if (labels := getattr(datamodule, "labels", None)) is not None and not is_worker_process():
         write_labels(output_dir, labels)  # the class names of a text classifier's data, by id (labels.json)
 
     teacher = load_teacher(cfg, datamodule, teacher_model or student) if role in CACHED_ROLES else None
     L.seed_everything(cfg.seed, workers=True)  # training repeats exactly, teacher trained now or cached
-    module = instantiate(
-        cfg.module,
-        model=student,
-        objective=objective,
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.scheduler else None,
-        num_classes=cfg.dataset.num_classes,
-        **({"teacher": teacher_model} if teacher_model is not None else {}),
-    )
+    module = build_module(cfg, student, objective, teacher_model)
     record["regime"] = qualified_name(type(module))
     tags = wandb_tags(record)
     loggers = [instantiate(node, **({"tags": tags} if key == "wandb" else {})) for key, node in cfg.logger.items()]
