@@ -16,3 +16,16 @@ def derived_seed(*parts: int | str) -> int:
     and Python session (unlike `hash()`). 32 bits: what numpy's `seed` accepts."""
     digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=4).digest()
     return int.from_bytes(digest, "little")
+
+
+def weights_fingerprint(model) -> str:
+    """The first 16 hex digits of the SHA-256 of a torch module's state dict: every tensor's name,
+    dtype, shape and bytes (in the state dict's order), so that other weights under the same name differ."""
+    import torch  # here: hashing configs needs no torch
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]

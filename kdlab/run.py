@@ -238,6 +238,7 @@ def _run(cfg: DictConfig, record: dict[str, Any]) -> dict[str, float]:
                 "status": "completed",
                 "metrics": metrics,
                 "teacher": _teacher_record(teacher),
+                "teacher_outputs": getattr(module, "teacher_outputs_record", None),  # LM top-k cache (kdlab.lm_teacher_outputs)
                 "resumed_from": str(ckpt_path) if ckpt_path else None,
                 "epochs": trainer.current_epoch,
                 "duration_s": round(time.time() - started, 2),

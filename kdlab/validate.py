@@ -128,6 +128,7 @@ def validate(cfg: DictConfig, method: str) -> None:
     _check_wandb(cfg)
     _check_teacher_checkpoint(config, getattr(get_class(cfg.module._target_), "teacher_role", None))
     _check_teacher_views(cfg, config, method)
+    _check_teacher_outputs(config)
     _check_accelerator(config["trainer"])
 
 
@@ -332,6 +333,14 @@ def _check_teacher_views(cfg: DictConfig, config: dict[str, Any], method: str) -
 
         check_teacher_outputs(outputs, method, get_class(cfg.module._target_), get_class(cfg.objective._target_),
                               get_class(cfg.dataset.datamodule._target_), cfg.dataset.name)
+
+
+def _check_teacher_outputs(config: dict[str, Any]) -> None:
+    """`module.teacher_top_k` (the LM teacher-output cache) with settings it can serve."""
+    if config.get("module", {}).get("teacher_top_k") is not None:
+        from kdlab.lm_teacher_outputs import check_config
+
+        check_config(config)
 
 
 def _check_accelerator(trainer: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 
 from kdlab.errors import ConfigError
+from kdlab.lm_teacher_outputs import TeacherOutputs, check_vocabulary, teacher_outputs
 from kdlab.metrics.lm import TokenPanel, rouge_l, sequence_kl
 from kdlab.models.generation import sample_responses
 from kdlab.models.hf import check_fusable, check_same_vocabulary, lm_forward, lm_hidden, load_tokenizer, output_rows
@@ -32,7 +33,13 @@ class LMDistillModule(TrainingModule):
     or the teacher (SeqKD).
     Logits are cut to the data tokenizer's vocabulary (a teacher whose vocabulary is padded beyond
     the tokenizer has extra rows; they are dropped, docs/methods.md §7.0). With `objective.fused` the module
-    hands the objective final hidden states and LM heads instead of logits.
+    hands the objective final hidden states and LM heads instead of logits. With `teacher_top_k` = k
+    (the dataset's responses only), the teacher's top-k log-probabilities of every
+    training response token are read from the cache in `teacher_outputs_dir` when fitting starts (computed
+    there once if missing, `kdlab.lm_teacher_outputs`), and training steps skip the teacher: the
+    objective takes the divergence on the k kept tokens plus one tail bin
+    (`kdlab.objectives.tail_bin`); validation and test run the teacher in full. `teacher_outputs_record`
+    says what was used (k, T, fingerprints, built or read; `kdlab.run` writes it to results.json).
 
     Logged: `train/loss`, the objective's terms, the source's (`generated`, `sgo_threshold`); per
     validation/test epoch `<split>/loss` and `kdlab.metrics.lm.TokenPanel` on the dataset's
@@ -65,6 +72,8 @@ class LMDistillModule(TrainingModule):
         eval_chunk_size: int | None,
         num_classes: int | None = None,
         scheduler: Any | None = None,
+        teacher_top_k: int | None = None,
+        teacher_outputs_dir: str | None = None,
     ) -> None:
         if num_classes is not None:
             raise ConfigError(f"LMDistillModule distils language models; the dataset has num_classes={num_classes}: pick a text dataset")
@@ -80,6 +89,8 @@ class LMDistillModule(TrainingModule):
         self.total_steps = 1  # the run's optimiser steps, known when training starts (for the sources' schedules)
         self.reference_samples: dict[tuple[str, str], dict[str, Any]] = {}  # per split: fixed teacher/oracle samples, the teacher's KLs
         self.history: list[dict[str, float]] = []  # every evaluation: split, step and its metrics
+        self.teacher_top_k, self.teacher_outputs_dir = teacher_top_k, teacher_outputs_dir
+        self.teacher_outputs: TeacherOutputs | None = None  # the cached top-k teacher outputs, loaded when fitting starts
 
     # ---- set-up -------------------------------------------------------------------------------
     @classmethod
@@ -113,7 +124,21 @@ class LMDistillModule(TrainingModule):
 
     def setup(self, stage: str) -> None:
         self.vocab_size = self.trainer.datamodule.vocab_size
+        if self.teacher_top_k is not None:
+            check_vocabulary(self.teacher_top_k, self.vocab_size)  # before any teacher pass
         super().setup(stage)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.teacher_top_k is not None and self.teacher_outputs is None:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                self.teacher_outputs = teacher_outputs(self.teacher, self.trainer.datamodule, self.teacher_top_k,
+                                                       self.objective.temperature, self.teacher_outputs_dir, self.device)
+
+    @property
+    def teacher_outputs_record(self) -> dict[str, Any] | None:
+        """What the training steps used instead of the teacher (None: the teacher itself)."""
+        return self.teacher_outputs.record if self.teacher_outputs is not None else None
 
     def on_train_start(self) -> None:
         self.total_steps = max(self.trainer.estimated_stepping_batches, 1)
@@ -123,8 +148,11 @@ class LMDistillModule(TrainingModule):
         return lm_forward(self.model, input_ids, attention_mask)[..., : self.vocab_size]
 
     def model_outputs(self, batch: Batch, split: str) -> dict[str, Any]:
-        """Logits `[B, L, V]` of student and teacher, or (fused objective) hidden states and heads."""
+        """Logits `[B, L, V]` of student and teacher, or (fused objective) hidden states and heads; in
+        training with the teacher-output cache, the student's logits and the batch's cached teacher rows."""
         ids, mask = batch["input_ids"], batch["attention_mask"]
+        if split == "train" and self.teacher_outputs is not None:
+            return {"logits": self(ids, mask)} | self.teacher_outputs.lookup(batch["index"], batch["labels"])
         if self.objective.fused:
             with torch.no_grad():
                 teacher_hidden = lm_hidden(self.teacher, ids, mask)

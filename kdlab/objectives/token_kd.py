@@ -9,6 +9,7 @@ from kdlab.divergences import Divergence, chunked
 from kdlab.errors import ConfigError
 from kdlab.objectives.base import Objective, OpenSlot
 from kdlab.objectives.lm_chunks import fused_token_terms, token_nll
+from kdlab.objectives.tail_bin import tail_bin_divergence
 from kdlab.tokens import scored
 
 
@@ -29,7 +30,12 @@ class TokenKD(Objective):
       when `chunk_size` is set (`kdlab.divergences.chunked` for D), or
     - with `fused=True`: `outputs["hidden"] [B, L, H_s]`, `outputs["teacher_hidden"] [B, L, H_t]` and
       the heads `outputs["head"]`, `outputs["teacher_head"]` = (weight `[V, H]`, bias or None); the
-      logits are then made chunk by chunk (`chunk_size` positions) and never held in full.
+      logits are then made chunk by chunk (`chunk_size` positions) and never held in full, or
+    - with the teacher's cached top-k outputs (`kdlab.lm_teacher_outputs`, `module.teacher_top_k`):
+      `outputs["logits"] [B, L, V]` and, per response token in `labels` order, `outputs["teacher_top_ids"]
+      [N, k]`, `outputs["teacher_top_logps"] [N, k]` and `outputs["teacher_tail_logp"] [N]` (log-probabilities
+      at `temperature`); D is then taken on the k kept tokens plus one tail bin
+      (`kdlab.objectives.tail_bin.tail_bin_divergence`).
     Logs: `ce`, `kd` (the divergence before T² and weighting), `tokens` (response tokens in the batch).
     """
 
@@ -61,9 +67,9 @@ class TokenKD(Objective):
             )
         else:
             grad = torch.is_grad_enabled()
-            student, teacher = outputs["logits"][:, :-1][mask], outputs["teacher_logits"][:, :-1][mask]
+            student = outputs["logits"][:, :-1][mask]
             with torch.set_grad_enabled(grad and self.kd_ratio > 0):
-                divergence = self.chunked_divergence(student, teacher, temperature=self.temperature, reduction="none")
+                divergence = self.token_divergence(student, outputs, mask)
             with torch.set_grad_enabled(grad and self.kd_ratio < 1):
                 nll = token_nll(student, targets, self.chunk_size)
         tokens = mask.sum()
@@ -71,3 +77,10 @@ class TokenKD(Objective):
         ce = nll.sum() / tokens.clamp_min(1)
         loss = self.kd_ratio * self.temperature**2 * kd + (1 - self.kd_ratio) * ce
         return loss, {"ce": ce.detach(), "kd": kd.detach(), "tokens": tokens.detach().float()}
+
+    def token_divergence(self, student: Tensor, outputs: dict[str, Any], mask: Tensor) -> Tensor:
+        """`D(p_T ‖ q_T)` per response token `[N]`: on the full vocabulary, or on the cached top-k plus a tail bin."""
+        if "teacher_top_ids" in outputs:
+            return tail_bin_divergence(self.divergence, student, outputs["teacher_top_ids"], outputs["teacher_top_logps"],
+                                       outputs["teacher_tail_logp"], self.temperature, self.chunk_size)
+        return self.chunked_divergence(student, outputs["teacher_logits"][:, :-1][mask], temperature=self.temperature, reduction="none")
