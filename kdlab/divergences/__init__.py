@@ -4,8 +4,9 @@ Every divergence is a pure function
 `fn(student_logits, teacher_logits, *, mask=None, temperature=1.0, reduction="mean", **params)` on
 logits `[..., V]` (`[B, C]` per sample, `[B, L, V]` per token), in log space with float32
 accumulation, registered by name with `@divergence(name)`. `get(name, **params)` binds one into a
-`Divergence` (what objectives call, carrying its name and parameters); `chunked` bounds the memory
-of per-position ones; `sinkhorn` is batch-level.
+`Divergence` (what objectives call, carrying its name and parameters), which evaluates per-position
+ones on large logits with the fused engine (`kdlab.divergences.fused`; `chunked` sets its chunk
+size); `sinkhorn` is batch-level.
 """
 
 import importlib

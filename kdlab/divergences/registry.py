@@ -5,6 +5,7 @@ Registration is the one place a divergence is declared: the decorator puts the f
 turns its keyword parameters and their defaults into the Hydra option `divergence=<name>`.
 """
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -12,6 +13,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from kdlab.divergences import fused
+from kdlab.divergences._core import check_inputs, reduce
 
 DivergenceFn = Callable[..., Tensor]
 
@@ -66,7 +70,10 @@ class Divergence:
 
     `divergence(student_logits, teacher_logits, *, mask=None, temperature=1.0, reduction="mean")` on
     logits `[..., V]`; `name` is the canonical registry name and `params` every parameter's value
-    (defaults filled in), so a run's record says exactly what was computed.
+    (defaults filled in), so a run's record says exactly what was computed. A per-position divergence
+    is evaluated by the fused engine (`kdlab.divergences.fused`: values, reduction and backward in one
+    compiled pass, chunked over positions) on large logits, and by its plain formula `fn` otherwise;
+    both give the same values and gradients.
     """
 
     name: str
@@ -83,6 +90,27 @@ class Divergence:
     def __call__(
         self, student_logits: Tensor, teacher_logits: Tensor, *, mask: Tensor | None = None, temperature: float = 1.0, reduction: str = "mean"
     ) -> Tensor:
+        return self.evaluate(student_logits, teacher_logits, mask=mask, temperature=temperature, reduction=reduction)
+
+    def evaluate(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        *,
+        mask: Tensor | None = None,
+        temperature: float = 1.0,
+        reduction: str = "mean",
+        chunk_size: int | None = None,
+    ) -> Tensor:
+        """The call, with `chunk_size` positions per chunk of the fused engine (None: its default, and the
+        plain formula on small logits); a given `chunk_size` makes the fused engine take every size."""
+        if not self.batch_level:
+            check_inputs(student_logits, teacher_logits, mask, temperature, reduction)
+            per_position = functools.partial(self.fn, temperature=temperature, reduction="none", **self.params)
+            key = (self.name, tuple(sorted(self.params.items())), temperature)
+            values = fused.per_position_values(per_position, key, student_logits, teacher_logits, chunk_size)
+            if values is not None:
+                return reduce(values, mask, reduction)
         return self.fn(student_logits, teacher_logits, mask=mask, temperature=temperature, reduction=reduction, **self.params)
 
     def record(self) -> dict[str, Any]:
