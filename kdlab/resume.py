@@ -15,6 +15,10 @@ a run's directory before kdlab's code runs, so the choice is made on the command
   every job runs in its own directory there: completed jobs report their recorded metrics (returned
   to the sweeper) and train nothing, unfinished ones continue, jobs that never started start.
 
+Without `resume=true`, a directory named on the command line that holds a run is not reused: the run
+goes to the first free `DIR-run<N>` beside it (`unused_directory`); a directory's name says what the
+run changes (`kdlab.run_dirs`).
+
 In its directory, a run continues from `checkpoints/last.ckpt` (written at the end of every epoch) when
 there is one, and starts from the beginning when it was killed before its first epoch ended.
 `hydra.run.dir=DIR resume=true` (or `hydra.sweep.dir=DIR`) names the directory itself.
@@ -139,6 +143,29 @@ def pinned_directory(overrides: list[str], multirun: bool, config_name: str = "t
     else:
         directory = _run_to_resume(Path(cfg.hydra.run.dir).parent, config_fingerprint(cfg))
     return [f"{key}={_quoted(str(directory.resolve()))}"]
+
+
+def unused_directory(overrides: list[str], multirun: bool) -> list[str]:
+    """The override moving a run (or sweep) directory named on the command line (`hydra.run.dir=DIR`, a
+    multirun's `hydra.sweep.dir=DIR`) that already holds a run to the first free `DIR-run<N>` (N = 2, 3, ...),
+    so that a new run never writes into an earlier one's directory; [] when it is free, when none is named,
+    and in DDP worker processes (Lightning starts them with the directory rank 0 runs in)."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    named = [override.split("=", 1)[1].strip().strip("'\"") for override in overrides if _override_key(override) == key]
+    if not named or "${" in named[-1] or is_worker_process():
+        return []
+    directory = Path(named[-1]).expanduser()
+    if not _holds_run(directory):
+        return []
+    number = 2
+    while _holds_run(free := directory.with_name(f"{directory.name}-run{number}")):
+        number += 1
+    log.warning("%s=%s holds an earlier run: this one runs in %s (resume=true continues the earlier one)", key, directory, free)
+    return [f"{key}={_quoted(str(free))}"]
+
+
+def _holds_run(directory: Path) -> bool:
+    return any((directory / marker).exists() for marker in (FINGERPRINT_FILE, MULTIRUN_FILE, ".hydra"))
 
 
 def _run_to_resume(root: Path, key: str) -> Path:

@@ -139,18 +139,19 @@ def _exit(error: KdlabError) -> None:
 
 
 def resume_overrides(argv: list[str]) -> list[str]:
-    """The override that pins the run (or sweep) directory `resume=true` continues; [] when the command
-    does not resume, or only asks Hydra for help or for the config."""
+    """The override that pins the run (or sweep) directory `resume=true` continues, or, without it, moves a
+    named directory that holds a run to a free one (`unused_directory`); [] when the command only asks
+    Hydra for help or for the config."""
     from hydra._internal.utils import get_args_parser
     from hydra.errors import HydraException
 
-    from kdlab.resume import pinned_directory
+    from kdlab.resume import pinned_directory, unused_directory
 
     args, _ = get_args_parser().parse_known_args(argv)
     if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion:
         return []
     if not any(_asks_resume(override) for override in args.overrides):
-        return []
+        return unused_directory(args.overrides, multirun=args.multirun)  # a named directory holding a run is not reused
     if args.config_path or args.config_dir:
         raise KdlabError("resume=true finds the run to continue in kdlab's own configs: with --config-path/--config-dir, "
                          "name its directory with hydra.run.dir=DIR (a multirun's with hydra.sweep.dir=DIR)")

@@ -5,8 +5,8 @@ registry: `divergence=<name>` for every registered name and alias, with the func
 parameters and defaults as typed keys (`divergence.alpha=0.3`), and `divergence=none` for methods
 without a divergence slot (`name: null`). `kdlab.run` builds the divergence from this node
 (`kdlab.divergences.get(name, **parameters)`) for the objectives that take one. Importing this
-package registers the group and the `${label:...}` resolver (a value as names print it: null is
-`none`) with Hydra and OmegaConf.
+package registers the group, the `${label:...}` resolver (a value as names print it: null is
+`none`) and `${differs:...}` (what a run directory's name adds, `kdlab.run_dirs`) with Hydra and OmegaConf.
 """
 
 import dataclasses
@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from kdlab.divergences import ALIASES, REGISTRY, parameters
 from kdlab.divergences.registry import parameter_types
+from kdlab.run_dirs import differs
 
 CONF_DIR = Path(__file__).parent
 
@@ -45,3 +46,4 @@ def register_divergences() -> None:
 
 register_divergences()
 OmegaConf.register_new_resolver("label", label, replace=True)
+OmegaConf.register_new_resolver("differs", differs, replace=True)  # what a run directory's name adds (kdlab.run_dirs)
