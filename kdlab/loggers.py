@@ -4,6 +4,10 @@ W&B logs offline (to `<run dir>/wandb/`, for a later `wandb sync`) unless `WANDB
 `logger.wandb.mode=online` asks for online; then a server that does not answer within a few seconds
 means offline too, with one warning (`reachable_mode`).
 
+`logger=tensorboard` is Lightning's `TensorBoardLogger` (event files in `<run dir>/tensorboard/`);
+loggers combine as a list of the group's options, `logger=[wandb,tensorboard]`; the CSV logger is
+always among them (resume and reports read its rows).
+
 Every W&B run of a multirun (or of a W&B sweep) shares one group, is tagged with its method,
 divergence, model and dataset, carries the resolved config flattened to dotted keys
 (`objective.temperature`, ...) so that W&B's tables and parallel-coordinates panels can use any
@@ -13,6 +17,7 @@ teacher's own training is a W&B run with the same tag (`kdlab.teachers`).
 
 import configparser
 import functools
+import importlib.util
 import logging
 import os
 import socket
@@ -63,6 +68,14 @@ def wandb_mode(mode: str = "auto") -> str:
     if mode not in (*WANDB_MODES, *_WANDB_ALIASES):
         raise ConfigError(f"logger.wandb.mode={mode!r} is not a W&B mode: use auto, {', '.join(WANDB_MODES)}")
     return mode
+
+
+def check_tensorboard() -> None:
+    """`ConfigError` unless Lightning's `TensorBoardLogger` (`logger=tensorboard`) can write: it needs
+    `tensorboard` (a kdlab dependency) or `tensorboardX` installed."""
+    if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+        raise ConfigError("logger=tensorboard needs tensorboard, which is not installed here: pip install tensorboard "
+                          "(or log with logger=csv|wandb)")
 
 
 def reachable_mode(mode: str = "auto", connect_timeout: float = 5.0, save_dir: str = ".") -> str:

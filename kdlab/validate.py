@@ -12,7 +12,7 @@ which the image presets read to infer their classes and channels):
    `resume`, `teacher.max_epochs`, ...) have the types in `ROOT_KEYS`;
 3. numbers are in range: `RANGES`, by the parameter's name wherever it appears (`lr > 0`,
    `temperature > 0`, `batch_size >= 1`, ...);
-4. the W&B mode is one W&B knows, an explicit teacher checkpoint is a whole file (for a method that
+4. the W&B mode is one W&B knows (TensorBoard, when asked for, is installed), an explicit teacher checkpoint is a whole file (for a method that
    uses it: the others ignore the teacher options, `kdlab.teachers.ignored_options`), a GPU asked for is
    there;
 5. the dataset gives the batches the method's regime trains on (`batches`, declared by every regime
@@ -125,7 +125,7 @@ def validate(cfg: DictConfig, method: str) -> None:
     _check_inferred(cfg, config)
     for path, node in target_nodes(config):
         check_arguments(path, node, raw)
-    _check_wandb(cfg)
+    _check_loggers(cfg)
     _check_teacher_checkpoint(config, getattr(get_class(cfg.module._target_), "teacher_role", None))
     _check_teacher_views(cfg, config, method)
     _check_teacher_outputs(config)
@@ -300,11 +300,16 @@ def _get(config: Any, key: str) -> Any:
 
 
 # ---- settings checked against the machine and the files --------------------------------------------
-def _check_wandb(cfg: DictConfig) -> None:
+def _check_loggers(cfg: DictConfig) -> None:
+    """The W&B mode is one W&B knows; TensorBoard's writer is installed."""
     if "wandb" in cfg.logger:
         from kdlab.loggers import wandb_mode
 
         wandb_mode(cfg.logger.wandb.get("mode", "auto"))
+    if "tensorboard" in cfg.logger:
+        from kdlab.loggers import check_tensorboard
+
+        check_tensorboard()
 
 
 def _check_teacher_checkpoint(config: dict[str, Any], role: str | None) -> None:
