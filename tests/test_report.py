@@ -71,7 +71,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                                 "model": "digits_cnn", "dataset": "digits", "seed": 0, "config": {}})
     killed = grid / "5-kd-fkl-digits_cnn-digits-s2"
     (killed / ".hydra").mkdir(parents=True)
-    sibling = next(grid.glob("*-kd-fkl-*-s1/.hydra"))
+    sibling = next(grid.glob("*-kd-fkl-*-s1*/.hydra"))  # the name, then the overrides beyond it
     (killed / ".hydra" / "config.yaml").write_text((sibling / "config.yaml").read_text().replace("seed: 1", "seed: 2"))
     (killed / ".hydra" / "hydra.yaml").write_text((sibling / "hydra.yaml").read_text())  # Hydra writes both when a job starts
     kdlab("train", "-m", "+method=kd", "trainer.max_epochs=2,1", *FAST_DIGITS, outputs=outputs)
