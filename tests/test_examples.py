@@ -1,6 +1,6 @@
-"""docs/examples.md run as written: each ```bash block after `<!-- tested: NAME -->` is parsed, its variables
-replaced by tiny files in the real formats written here, every `kdlab` line run through the CLI (with `TINY`
-appended to each `kdlab train`), and the runs and report it leaves checked."""
+"""docs/examples.md run as written: each ```bash block after `<!-- tested: NAME -->` is expanded by bash with its
+variables set to tiny files in the real formats written here, every `kdlab` line of it run through the CLI (with
+`TINY` appended to each `kdlab train`), and the runs and the report it leaves checked."""
 
 import json
 import re
@@ -25,32 +25,25 @@ TINY = {
 }
 
 
-def block(name: str) -> tuple[dict[str, str], list[list[str]]]:
-    """The tested block `name` of the doc: its variables (`NAME=value` lines) and its commands (argument lists
-    after `kdlab`, continuation lines joined, `$NAME` not yet replaced)."""
+def commands(name: str, files: dict[str, Path], cwd: Path) -> tuple[str, list[list[str]]]:
+    """The tested block `name` of the doc run by bash with its variables but `OUT` set to `files` and `kdlab` a
+    function that prints its arguments, in `cwd`: the block's `OUT` and each `kdlab` line's arguments, as bash passes them."""
     (text,) = re.findall(rf"<!-- tested: {name} -->\n```bash\n(.*?)```", DOC.read_text(), re.S)
-    variables, commands = {}, []
-    for line in text.replace("\\\n", " ").splitlines():
-        words = shlex.split(line, comments=True)
-        if len(words) == 1 and re.fullmatch(r"[A-Z_]+=\S+", words[0]):
-            key, value = words[0].split("=", 1)
-            variables[key] = value
-        elif words:
-            assert words[0] == "kdlab", line
-            commands.append(line)
-    return variables, commands
+    variables = dict(re.findall(r"^([A-Z_]+)=(\S+)", text, re.M))
+    assert set(variables) == {*files, "OUT"}, "the doc's variables and the test's files must name the same things"
+    script = re.sub(r"^([A-Z_]+)=\S+", lambda match: f"{match[1]}={shlex.quote(str(files.get(match[1], variables[match[1]])))}", text, flags=re.M)
+    printed = subprocess.run(["bash", "-euc", 'kdlab() { printf "%s\\0" "$@"; printf "\\n\\0"; }\n' + script],
+                             cwd=cwd, capture_output=True, text=True, check=True).stdout
+    return variables["OUT"], [command.split("\0")[:-1] for command in printed.split("\n\0")[:-1]]
 
 
 def run_block(name: str, files: dict[str, Path], outputs: Path) -> tuple[Path, list[subprocess.CompletedProcess]]:
-    """Run block `name` with its variables but `OUT` replaced by `files`; return the block's `OUT` and the results."""
-    variables, lines = block(name)
-    assert set(variables) == {*files, "OUT"}, "the doc's variables and the test's files must name the same things"
-    values = {**variables, **{key: str(path) for key, path in files.items()}}
-    results = []
-    for line in lines:
-        args = shlex.split(re.sub(r"\$\{?([A-Z_]+)\}?", lambda match: values[match.group(1)], line), comments=True)[1:]
-        results.append(kdlab(*args, *(TINY[name] if args[0] == "train" else []), outputs=outputs, timeout=300))
-    return outputs.parent / variables["OUT"], results
+    """Run every `kdlab` line of block `name` (its variables but `OUT` set to `files`, `TINY` appended to each
+    `kdlab train`) from the directory above `outputs`; return the block's `OUT` there and the results."""
+    out, lines = commands(name, files, outputs.parent)
+    assert lines, name
+    results = [kdlab(*args, *(TINY[name] if args[0] == "train" else []), outputs=outputs, timeout=300) for args in lines]
+    return outputs.parent / out, results
 
 
 def records(root: Path) -> dict[tuple[str, str | None], dict]:
