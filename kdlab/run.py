@@ -150,6 +150,17 @@ def wandb_tags(record: dict[str, Any]) -> list[str]:
     return [record["method"], label(record["divergence"]), record["model"], record["dataset"], f"seed{record['seed']}"]
 
 
+def build_trainer(cfg: DictConfig, tags: list[str]) -> tuple[L.Trainer, ResumableRun]:
+    """The Trainer every `kdlab train` job fits with: `cfg.trainer`, the loggers of `cfg.logger` (W&B's
+    tagged `tags`), the callbacks of `cfg.callbacks` and `ResumableRun` (returned too: it holds the fit's
+    metrics across a resume), checkpoints written atomically. `benchmarks/bench_loop.py` times this Trainer."""
+    loggers = [instantiate(node, **({"tags": tags} if key == "wandb" else {})) for key, node in cfg.logger.items()]
+    resumable = ResumableRun(cfg.seed)
+    resumable.keep_earlier_logs(loggers)  # before the loggers start (the CSV logger deletes what it finds)
+    callbacks = [*(instantiate(callback) for callback in cfg.callbacks.values()), resumable]
+    return instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()]), resumable
+
+
 def build_models(cfg: DictConfig, objective: Objective) -> tuple[L.LightningDataModule, nn.Module, nn.Module | None]:
     """The datamodule, the run's model (`model.student`; `model.teacher` for a regime that evaluates the
     teacher) and the teacher model beside it (None for a regime without one), checked against each
@@ -205,12 +216,7 @@ def _run(cfg: DictConfig, record: dict[str, Any]) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)  # training repeats exactly, teacher trained now or cached
     module = build_module(cfg, student, objective, teacher_model)
     record["regime"] = qualified_name(type(module))
-    tags = wandb_tags(record)
-    loggers = [instantiate(node, **({"tags": tags} if key == "wandb" else {})) for key, node in cfg.logger.items()]
-    resumable = ResumableRun(cfg.seed)
-    resumable.keep_earlier_logs(loggers)  # before the loggers start (the CSV logger deletes what it finds)
-    callbacks = [*(instantiate(callback) for callback in cfg.callbacks.values()), resumable]
-    trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
+    trainer, resumable = build_trainer(cfg, wandb_tags(record))
     if role == "frozen":  # teacher.outputs.views > 0: training batches replay the teacher's cached outputs
         teacher.outputs = replay_teacher_outputs(cfg, datamodule, teacher, trainer.strategy.root_device)
     for logger in trainer.loggers:

@@ -87,3 +87,17 @@ def test_identical_teacher_and_student_give_zero_divergences_and_full_agreement(
     assert float(values["agreement"]) == 1.0
     for name in ("kl", "rkl", "js", "tvd"):
         assert float(values[name]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_running_means_weight_by_batch_size_per_name_and_start_over_after_pop() -> None:
+    from kdlab.metrics.running import RunningMeans
+
+    means = RunningMeans()
+    means.add({"loss": torch.tensor(1.0), "reward": 0.5}, 3)
+    means.add({"loss": torch.tensor(4.0)}, 1)  # a step without `reward`
+    restored = RunningMeans()
+    restored.load_state_dict(means.state_dict())
+    for running in (means, restored):
+        values = running.pop()
+        assert float(values["loss"]) == pytest.approx((3 * 1.0 + 4.0) / 4) and values["reward"] == pytest.approx(0.5)
+        assert running.pop() == {}

@@ -26,10 +26,10 @@ def hinton_kd() -> HintonKD:
 
 
 def quick_trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, **kwargs,
-    )
+    return L.Trainer(**{
+        "accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+        "enable_model_summary": False, **kwargs,
+    })
 
 
 def test_distillation_never_updates_the_teacher() -> None:
@@ -112,3 +112,60 @@ def test_atomic_json_write_replaces_whole_files(tmp_path: Path) -> None:
         write_json_atomic(path, {"c": 3, "bad": Unprintable()})  # fails half-way through writing
     assert json.loads(path.read_text()) == {"b": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+class StepLosses(L.Callback):
+    """Each training step's loss and batch size, as the step returned them."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, float, int]] = []  # (epoch, loss, batch size)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps.append((trainer.current_epoch, float(outputs["loss"]), len(batch["label"])))
+
+
+def test_logged_train_loss_is_the_batch_weighted_mean_of_the_steps_since_the_previous_row(tmp_path: Path) -> None:
+    import pandas as pd
+    from lightning.pytorch.loggers import CSVLogger
+
+    L.seed_everything(0)
+    module = DistillModule(model=SmallCNN(10, width=4), teacher=SmallCNN(10, width=8), objective=hinton_kd(), optimizer=adam, num_classes=10)
+    steps = StepLosses()
+    trainer = quick_trainer(max_epochs=2, limit_val_batches=0, log_every_n_steps=2, callbacks=[steps],
+                            logger=CSVLogger(tmp_path, name="csv", version=""))
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=500))  # 1,168 training images: batches of 500, 500, 168
+    rows = pd.read_csv(tmp_path / "csv" / "metrics.csv").dropna(subset=["train/loss"])
+
+    def mean(selected: list[int]) -> float:
+        return sum(steps.steps[i][1] * steps.steps[i][2] for i in selected) / sum(steps.steps[i][2] for i in selected)
+
+    # every 2nd step a row with the mean of the steps since the previous row, across the epochs' boundary
+    expected = [(1, mean([0, 1])), (3, mean([2, 3])), (5, mean([4, 5]))]
+    assert [int(step) for step in rows["step"]] == [step for step, _ in expected]
+    assert rows["train/loss"].tolist() == pytest.approx([value for _, value in expected], rel=1e-5)
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(mean([4, 5]), rel=1e-5)  # results.json's
+    assert {"train/ce", "train/kd"} <= set(rows.columns)
+
+    L.seed_everything(0)  # fewer steps than log_every_n_steps: no row, but the fit's figures are the epoch's mean
+    module = DistillModule(model=SmallCNN(10, width=4), teacher=SmallCNN(10, width=8), objective=hinton_kd(), optimizer=adam, num_classes=10)
+    steps = StepLosses()
+    trainer = quick_trainer(max_epochs=1, limit_val_batches=0, log_every_n_steps=10, callbacks=[steps])
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=500))
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(mean([0, 1, 2]), rel=1e-5)
+
+
+def test_digits_batches_fetched_whole_equal_items_collated() -> None:
+    from torch.utils.data import default_collate
+
+    datamodule = DigitsDataModule(batch_size=64)
+    datamodule.setup("fit")
+    dataset = datamodule.split_dataset("train")
+    indices = [5, 0, 17, 3]
+    whole = datamodule.collate(dataset.__getitems__(indices))
+    one_by_one = default_collate([dataset[i] for i in indices])
+    assert whole.keys() == one_by_one.keys()
+    for key in whole:
+        assert whole[key].dtype == one_by_one[key].dtype
+        assert torch.equal(whole[key], one_by_one[key])
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["input"].shape == (64, 1, 8, 8) and batch["label"].shape == batch["index"].shape == (64,)

@@ -28,6 +28,22 @@ class IndexedTensorDataset(Dataset):
         return {"input": self.inputs[index], "label": self.labels[index], "index": torch.tensor(index)}
 
 
+class TensorBatches(IndexedTensorDataset):
+    """An `IndexedTensorDataset` whose DataLoader fetches a batch at once: `__getitems__(indices)` is
+    one indexing per tensor, `{"input": [B,C,H,W], "label": [B], "index": [B]}`, the batch that taking
+    the items one by one and collating them gives, without a Python call per item (which costs more
+    than a small model's step). Its loader's `collate_fn` is `fetched_batch`."""
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        rows = torch.tensor(indices, dtype=torch.int64)
+        return {"input": self.inputs[rows], "label": self.labels[rows], "index": rows}
+
+
+def fetched_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The collation of a batch `TensorBatches.__getitems__` fetched whole: the batch itself."""
+    return batch
+
+
 class DigitsDataModule(SplitDataModule):
     """Stratified train/val/test split of the digits, pixels scaled to [0, 1] and standardised.
 
@@ -36,6 +52,7 @@ class DigitsDataModule(SplitDataModule):
     """
 
     batches = "labelled"  # what the batches hold; a regime trains on one kind (kdlab.modules.base.TrainingModule.batches)
+    collate = staticmethod(fetched_batch)  # the splits are `TensorBatches`: fetched a batch at a time
 
     num_classes = 10
     in_channels = 1
@@ -56,7 +73,7 @@ class DigitsDataModule(SplitDataModule):
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed
-        self.splits: dict[str, IndexedTensorDataset] = {}
+        self.splits: dict[str, TensorBatches] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -76,9 +93,9 @@ class DigitsDataModule(SplitDataModule):
         )
         mean, std = train_x.mean(), train_x.std()
 
-        def to_dataset(x: np.ndarray, y: np.ndarray) -> IndexedTensorDataset:
+        def to_dataset(x: np.ndarray, y: np.ndarray) -> TensorBatches:
             inputs = torch.from_numpy((x - mean) / std).unsqueeze(1)
-            return IndexedTensorDataset(inputs, torch.from_numpy(y))
+            return TensorBatches(inputs, torch.from_numpy(y))
 
         self.splits = {
             "train": to_dataset(train_x, train_y),
@@ -86,7 +103,7 @@ class DigitsDataModule(SplitDataModule):
             "test": to_dataset(test_x, test_y),
         }
 
-    def split_dataset(self, split: str) -> IndexedTensorDataset:
+    def split_dataset(self, split: str) -> TensorBatches:
         return self.splits[split]
 
     def view_source(self) -> ViewSource:

@@ -15,10 +15,12 @@ import torch
 from torch import nn
 
 from kdlab.errors import KdlabError
+from kdlab.metrics.running import RunningMeans
 from kdlab.objectives.base import Objective, PrepareContext
 from kdlab.objectives.progress import Progress
 
 Batch = dict[str, Any]
+TRAIN_WINDOW_KEY = "kdlab_train_window"  # the checkpoint's entry of the running training means
 
 
 class NonFiniteLossError(KdlabError, RuntimeError):
@@ -38,7 +40,14 @@ class TrainingModule(L.LightningModule):
     sampled responses, and log what it did), then `model_outputs(batch, "train")`, adds
     `outputs["progress"]` (a `Progress(epoch, max_epochs)` for warm-ups and schedules), takes the
     loss, stops the run on a non-finite loss (`NonFiniteLossError` naming the step and the term),
-    and logs `train/loss` and `train/<term>`. Validation and test batches go to
+    and adds `loss` and the objective's terms to running means kept on the device (`RunningMeans`,
+    weighted by `batch_size(batch)`). Only on the steps whose logs reach the loggers (every
+    `trainer.log_every_n_steps`) are they logged, as `train/loss` and `train/<term>`: each row the
+    mean over the steps since the previous row (across epochs; the window is in the checkpoint, so a
+    resumed run writes the same rows). The last batch of an epoch logs the window so far without a
+    row: `trainer.callback_metrics`, hence results.json, hold the mean of the last steps of the fit.
+    One `self.log` per row, not per step: Lightning's logging costs more than a small model's step.
+    Validation and test batches go to
     `evaluate(batch, split)`; at the end of their epoch `epoch_metrics(split)` is logged as
     `<split>/<name>`.
 
@@ -75,6 +84,7 @@ class TrainingModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.frozen: list[str] = []
         self.objective_prepared = False
+        self.train_window = RunningMeans()
 
     # ---- models ---------------------------------------------------------------------------------
     def freeze(self, name: str, model: nn.Module) -> None:
@@ -101,6 +111,11 @@ class TrainingModule(L.LightningModule):
         if self.frozen:
             prefixes = tuple(f"{name}." for name in self.frozen)
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes)}
+        checkpoint[TRAIN_WINDOW_KEY] = self.train_window.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if TRAIN_WINDOW_KEY in checkpoint:  # the steps since the last train/* row: the resumed run's next row is the same
+            self.train_window.load_state_dict(checkpoint[TRAIN_WINDOW_KEY])
 
     def on_fit_end(self) -> None:
         if self.export_dir is None or not self.trainer.is_global_zero or not hasattr(self.model, "save_pretrained"):
@@ -166,10 +181,24 @@ class TrainingModule(L.LightningModule):
         outputs = self.model_outputs(batch, "train") | {"progress": Progress(self.current_epoch, self.trainer.max_epochs)}
         loss, logs = self.objective(outputs, batch)
         self.check_finite(loss, logs)
-        size = self.batch_size(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
-        self.log_dict({f"train/{name}": value for name, value in (logs | batch_logs).items()}, batch_size=size)
+        self.train_window.add({"loss": loss} | logs | batch_logs, self.batch_size(batch))
+        if self.logs_reach_loggers():
+            self.log_train_means(self.train_window.pop())
+        elif self.trainer.is_last_batch:  # before validation and its checkpoint: the epoch's last figures, not written as a row
+            self.log_train_means(self.train_window.means())
         return loss
+
+    def log_train_means(self, means: dict[str, torch.Tensor | float]) -> None:
+        self.log("train/loss", means.pop("loss"), prog_bar=True)
+        self.log_dict({f"train/{name}": value for name, value in means.items()})
+
+    def logs_reach_loggers(self) -> bool:
+        """Whether Lightning writes this training step's logged values to the loggers: every
+        `trainer.log_every_n_steps` optimiser steps, on the last batch a step accumulates (its own test)."""
+        trainer = self.trainer
+        if trainer.fit_loop._should_accumulate() and self.automatic_optimization:
+            return False
+        return trainer._logger_connector.should_update_logs or bool(trainer.fast_dev_run)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self.evaluate(batch, "val")
