@@ -18,7 +18,6 @@ for a `teacher.ckpt_path` teacher); `outputs.safetensors` holds `views` `[K, N, 
 `kdlab.data.soft_labels.compress` tensors of the logits `[K, N, C]`.
 """
 
-import hashlib
 import json
 import logging
 import time
@@ -36,8 +35,8 @@ from kdlab.cache import load_or_build
 from kdlab.data.soft_labels import SoftLabels, compress
 from kdlab.data.views import TeacherViews, ViewSource, view_parameters
 from kdlab.errors import ConfigError
-from kdlab.fingerprint import fingerprint
-from kdlab.teachers import CachedTeacher, storable
+from kdlab.fingerprint import fingerprint, weights_fingerprint
+from kdlab.teachers import CachedTeacher
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +47,8 @@ BUILD_BATCH = 256  # images per teacher forward while building (eval mode: the l
 
 def check_teacher_outputs(outputs: Mapping[str, Any], method: str, regime: type, objective: type, data: type, dataset: str) -> None:
     """`ConfigError` (one line, naming the key) when `teacher.outputs` (`views`, `top_k`) is out of range, or
-    asks for cached views where they cannot be used: a regime without a frozen teacher, an objective that
-    needs the teacher's features, a dataset (the preset `dataset`, of datamodule class `data`) that cannot replay views."""
+    asks for cached views where they cannot be used: an objective that needs the teacher's features or its own
+    pass over the training set (`reads_training_set`), a dataset (the preset `dataset`, of datamodule class `data`) that cannot replay views."""
     views, top_k = outputs.get("views", 0), outputs.get("top_k")
     if not isinstance(views, int) or isinstance(views, bool) or views < 0:
         raise ConfigError(f"teacher.outputs.views={views!r} must be an integer >= 0 (0: the teacher runs at every step; "
@@ -58,13 +57,11 @@ def check_teacher_outputs(outputs: Mapping[str, Any], method: str, regime: type,
         raise ConfigError(f"teacher.outputs.top_k={top_k!r} must be an integer >= 1, or null (every class is kept)")
     if views == 0:
         return
-    role = getattr(regime, "teacher_role", None)
-    if role != "frozen":
-        raise ConfigError(f"teacher.outputs.views={views} replays a frozen teacher's cached outputs, but +method={method} trains "
-                          f"with {regime.__name__} (teacher: {role or 'none'}): set teacher.outputs.views=0")
-    if getattr(objective, "needs_features", False):
+    if getattr(regime, "teacher_role", None) != "frozen":
+        return  # no frozen teacher to replay: the run ignores the option and records so (kdlab.teachers.ignored_options)
+    if getattr(objective, "needs_features", False) or getattr(objective, "reads_training_set", False):
         raise ConfigError(f"teacher.outputs.views={views}: +method={method}'s objective {objective.__name__} needs the teacher's "
-                          "features, which the cache does not hold: set teacher.outputs.views=0")
+                          "features or its pass over the training set, which the cache does not replay: set teacher.outputs.views=0")
     if not hasattr(data, "view_source"):
         raise ConfigError(f"teacher.outputs.views={views}: dataset={dataset} cannot replay cached views (digits, cifar10, cifar100, "
                           "image_folder and image_arrays can): set teacher.outputs.views=0")
@@ -104,15 +101,6 @@ def replay_teacher_outputs(cfg: DictConfig, datamodule: L.LightningDataModule, t
     meta = json.loads(entry.files[META_FILE])
     datamodule.teacher_views = TeacherViews(source, tensors.pop("views"), SoftLabels(tensors, meta["num_classes"]))
     return {"source": "built" if entry.built else "cache", "path": str(entry.path), "key": key} | meta
-
-
-def weights_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of `model`'s state dict (names, dtypes, shapes and values)."""
-    digest = hashlib.sha256()
-    for name, tensor in storable(model.state_dict()).items():
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def compressed_view_logits(model: nn.Module, source: ViewSource, parameters: torch.Tensor, top_k: int | None,

@@ -73,10 +73,12 @@ class ZooTeacherModule(TeacherModule):
 
 def ignored_options(role: str | None, ckpt_path: str | None, overrides: Iterable[str]) -> list[str]:
     """The teacher options set for a run whose regime has `teacher_role` `role` that the regime does not use:
-    `teacher.*` unless the teacher comes from `load_teacher` (`CACHED_ROLES`), and `model.teacher.*` too when
-    the regime has no teacher. `teacher.ckpt_path` counts when it is set, any other key when an override of
-    the command line (`overrides`, Hydra's task overrides) sets it."""
-    unused = () if role in CACHED_ROLES else ("teacher",) if role is not None else ("teacher", "model.teacher")
+    `teacher.*` unless the teacher comes from `load_teacher` (`CACHED_ROLES`), `model.teacher.*` too when
+    the regime has no teacher, and `teacher.outputs.*` unless a frozen teacher's outputs can be replayed.
+    `teacher.ckpt_path` counts when it is set, any other key when an override of the command line
+    (`overrides`, Hydra's task overrides) sets it."""
+    unused = ("teacher.outputs",) if role == "evaluated" else () if role in CACHED_ROLES else (
+        ("teacher",) if role is not None else ("teacher", "model.teacher"))
     keys = [override.split("=", 1)[0].lstrip("+~") for override in overrides]
     keys += ["teacher.ckpt_path"] if ckpt_path else []
     return sorted({key for key in keys if any(key == prefix or key.startswith(f"{prefix}.") for prefix in unused)})

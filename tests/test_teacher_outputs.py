@@ -14,6 +14,7 @@ from cifar_files import cifar_root  # noqa: F401  (fixture)
 from cli_process import run_cli
 from conftest import KDLAB, kdlab
 from image_files import labelled_arrays, write_arrays
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 from test_configs import compose_train
 from torch import nn
@@ -24,7 +25,7 @@ from kdlab.data.soft_labels import SoftLabels, compress
 from kdlab.data.views import view_parameters
 from kdlab.errors import ConfigError
 from kdlab.teacher_outputs import replay_teacher_outputs
-from kdlab.teachers import CachedTeacher
+from kdlab.teachers import CachedTeacher, ignored_options
 from kdlab.validate import validate
 
 KILLPOINT = Path(__file__).parent / "killpoint"
@@ -147,9 +148,8 @@ def test_a_second_job_reuses_the_entry_without_running_the_teacher(tmp_path: Pat
 @pytest.mark.parametrize(("overrides", "message"), [
     (["teacher.outputs.views=-1"], "teacher.outputs.views=-1 must be an integer >= 0"),
     (["teacher.outputs.views=2", "teacher.outputs.top_k=0"], "teacher.outputs.top_k=0 must be an integer >= 1, or null"),
-    (["+method=scratch", "teacher.outputs.views=2"], "+method=scratch trains with TeacherModule (teacher: none)"),
-    (["+method=bdkd", "teacher.outputs.views=2"], "+method=bdkd trains with OnlineDistillModule (teacher: online)"),
     (["+method=dhkd", "teacher.outputs.views=2"], "objective DHKD needs the teacher's features"),
+    (["+method=tgeo", "teacher.outputs.views=2"], "objective TGeoKD needs the teacher's features or its pass over the training set"),
     (["dataset=glue_sst2", "model=bert_base_to_bert6", "teacher.outputs.views=2"], "dataset=glue_sst2 cannot replay cached views"),
 ])
 def test_settings_the_cache_cannot_serve_are_one_line(overrides: list[str], message: str, tmp_path: Path) -> None:
@@ -158,6 +158,16 @@ def test_settings_the_cache_cannot_serve_are_one_line(overrides: list[str], mess
     with pytest.raises(ConfigError) as error:
         validate(cfg, method)
     assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("method", ["scratch", "bdkd", "teacher"])
+def test_regimes_without_a_frozen_teacher_accept_the_cache_options_and_ignore_them(method: str, tmp_path: Path) -> None:
+    """A sweep over methods shares one command: where no frozen teacher's outputs can be replayed the option is
+    valid and listed as ignored (results.json `ignored`), as every unused teacher option is."""
+    cfg = compose_train([f"+method={method}", "teacher.outputs.views=2", "logger=none", f"paths.output_dir={tmp_path}"], tmp_path)
+    validate(cfg, method)
+    role = getattr(get_class(cfg.module._target_), "teacher_role", None)
+    assert ignored_options(role, None, ["teacher.outputs.views=2"]) == ["teacher.outputs.views"]
 
 
 @pytest.mark.slow

@@ -137,8 +137,9 @@ class Objective(nn.Module):
     `outputs` are what the regime's module computed (`logits`, `teacher_logits`, ... and in
     training `progress`, a `kdlab.objectives.progress.Progress`); `logs` maps term names to detached
     scalars, logged as `train/<name>`. Class attributes: `divergence_slot` (see the module
-    docstring) and `needs_features` (the models are called with `return_features=True` and outputs
-    gain `features`, `teacher_features`). Layers and statistics that depend on the models or the
+    docstring), `needs_features` (the models are called with `return_features=True` and outputs
+    gain `features`, `teacher_features`) and `reads_training_set` (`prepare` runs the teacher over the
+    training loader's dataset, which cached teacher outputs do not replay). Layers and statistics that depend on the models or the
     data are made in `prepare(context)`; the objective's parameters are trained with the model's.
     Constructors take every hyperparameter as a required keyword argument: the method's preset
     (`conf/method/<name>.yaml`) holds the defaults, once.
@@ -146,6 +147,7 @@ class Objective(nn.Module):
 
     divergence_slot: ClassVar[DivergenceSlot] = NoDivergence()
     needs_features: ClassVar[bool] = False
+    reads_training_set: ClassVar[bool] = False
 
     def prepare(self, context: PrepareContext) -> None:
         """Called once when fitting starts, before the optimiser is built and a checkpoint restored."""

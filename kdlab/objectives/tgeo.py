@@ -85,6 +85,7 @@ class TGeoKD(Objective):
     """
 
     divergence_slot = OpenSlot(PER_SAMPLE)
+    reads_training_set = True  # prepare: a held-out split of the training set and the teacher's class means over it
 
     def __init__(
         self,
