@@ -4,6 +4,7 @@ the loops autograd differentiates and `torch.cdist`."""
 
 import importlib
 import math
+import warnings
 
 import pytest
 import torch
@@ -196,3 +197,16 @@ def test_a_compilation_failure_falls_back_to_cdist_with_one_warning(monkeypatch)
     assert len(caught) == 1
     torch.testing.assert_close(first, torch.cdist(x, y, p=1), rtol=0, atol=0)
     torch.testing.assert_close(second, first, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("setting", ["0", "eager"])
+def test_kdlab_fused_off_or_eager_keeps_the_l1_cost_on_cdist(setting, monkeypatch):
+    """`KDLAB_FUSED` is the one switch of kdlab's compiled kernels: the L1 cost never compiles under 0 or eager."""
+    monkeypatch.setenv("KDLAB_FUSED", setting)
+    monkeypatch.setattr(sinkhorn_module, "COMPILE_MIN_NUMEL", 0)
+    monkeypatch.setattr(sinkhorn_module, "_l1_failed", False)
+    monkeypatch.setattr(sinkhorn_module._L1, "apply", None)  # called here, the call would fail and warn
+    x, y = logits(4, 6, dtype=torch.float32, seed=28).softmax(-1), logits(5, 6, dtype=torch.float32, seed=29).softmax(-1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(sinkhorn_module.l1_cost(x, y), torch.cdist(x, y, p=1), rtol=0, atol=0)

@@ -9,6 +9,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from kdlab.divergences._core import check_param, log_probs, reduce
+from kdlab.divergences.fused import mode
 from kdlab.divergences.registry import divergence
 
 COMPILE_MIN_NUMEL = 2**20  # entries n * m * V of the L1 difference above which one compiled kernel computes it
@@ -23,7 +24,8 @@ _l1_failed = False
 def l1_cost(x: Tensor, y: Tensor) -> Tensor:
     """C_ij = sum_k |x_ik - y_jk| for x `[n, V]`, y `[m, V]` -> `[n, m]`; backward sum_j G_ij sign(x_ik - y_jk).
 
-    Above `COMPILE_MIN_NUMEL` entries n m V (float32/bf16/fp16, outside a caller's torch.compile) one
+    Above `COMPILE_MIN_NUMEL` entries n m V (float32/bf16/fp16, outside a caller's torch.compile, unless
+    `KDLAB_FUSED` is 0 or eager: the one switch of kdlab's compiled kernels, `kdlab.divergences.fused`) one
     compiled kernel each computes the value and each input's gradient without materialising the
     `[n, m, V]` difference (inductor with dynamic shapes: one compilation per process serves every
     shape; about 3x faster than `torch.cdist` forward and 5x backward on a CPU); otherwise, and after a
@@ -31,6 +33,7 @@ def l1_cost(x: Tensor, y: Tensor) -> Tensor:
     """
     compiled = (
         not _l1_failed
+        and mode() == "1"
         and x.shape[0] * y.shape[0] * x.shape[1] >= COMPILE_MIN_NUMEL
         and {x.dtype, y.dtype} <= set(COMPILED_DTYPES)
         and not torch.compiler.is_compiling()
