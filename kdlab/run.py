@@ -252,7 +252,7 @@ def _run(cfg: DictConfig, record: dict[str, Any]) -> dict[str, float]:
                 "config": OmegaConf.to_container(cfg, resolve=True),
             },
         )
-        print_summary(cfg.run_name, metrics, output_dir)
+        print_summary(cfg.run_name, metrics, output_dir, model="teacher" if role == "evaluated" else "student")
     return metrics
 
 

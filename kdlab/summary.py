@@ -8,10 +8,10 @@ from rich.table import Table
 # (metric key, label, format) in the order they are shown; missing metrics are skipped.
 _ROWS = (
     ("test/teacher_acc", "teacher accuracy (test)", "{:.2%}"),
-    ("test/acc", "student accuracy (test)", "{:.2%}"),
+    ("test/acc", "{model} accuracy (test)", "{:.2%}"),
     ("test/agreement", "teacher-student top-1 agreement", "{:.2%}"),
     ("test/kl", "KL(teacher || student), test mean", "{:.4f}"),
-    ("val/acc", "student accuracy (val, last epoch)", "{:.2%}"),
+    ("val/acc", "{model} accuracy (val, last epoch)", "{:.2%}"),
     ("test/accuracy", "preference accuracy (test pairs)", "{:.2%}"),
     ("test/reward", "true reward of policy samples (test)", "{:.4f}"),
     ("test/kl_ref", "KL(policy || reference) of samples (test)", "{:.4f}"),
@@ -26,13 +26,14 @@ _ROWS = (
 )
 
 
-def print_summary(run_name: str, metrics: dict[str, float], run_dir: Path) -> None:
+def print_summary(run_name: str, metrics: dict[str, float], run_dir: Path, model: str = "student") -> None:
+    """Print the run's headline metrics; `model` names what `test/acc` measured (the teacher of `+method=teacher`)."""
     table = Table(title=f"kdlab · {run_name}", show_header=False, title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, label, fmt in _ROWS:
         if key in metrics:
-            table.add_row(label, fmt.format(metrics[key]))
+            table.add_row(label.format(model=model), fmt.format(metrics[key]))
     console = Console()
     console.print(table)
     print(f"run directory: {run_dir}")

@@ -69,7 +69,8 @@ def test_a_baseline_shares_the_sweep_command(outputs: Path, tmp_path: Path) -> N
     torch.manual_seed(0)
     checkpoint = tmp_path / "teacher.pt"
     torch.save(SmallCNN(in_channels=1, num_classes=10, width=32).state_dict(), checkpoint)
-    kdlab("train", "-m", "+method=scratch,kd,teacher", f"teacher.ckpt_path={checkpoint}", *TINY, outputs=outputs)
+    result = kdlab("train", "-m", "+method=scratch,kd,teacher", f"teacher.ckpt_path={checkpoint}", *TINY, outputs=outputs)
+    assert "teacher accuracy (val, last epoch)" in result.stdout  # the teacher run's summary names what it measured
     results = {r["method"]: r for r in (json.loads(p.read_text()) for p in (outputs / "multirun").rglob("results.json"))}
     assert {m: r["status"] for m, r in results.items()} == dict.fromkeys(("scratch", "kd", "teacher"), "completed")
     assert [results[m]["ignored"] for m in ("scratch", "kd", "teacher")] == [["teacher.ckpt_path", "teacher.max_epochs"], [], []]
