@@ -25,7 +25,10 @@ def test_the_label_is_the_overrides_beyond_the_run_name() -> None:
 def test_a_long_label_keeps_the_values_then_a_hash() -> None:
     keys = [f"module.block_{i}.setting_number_{i}={i}" for i in range(6)]
     short = differs(keys)
-    assert short == "-" + ",".join(f"setting_number_{i}={i}" for i in range(6))  # each key by its last part
+    assert short.startswith("-" + ",".join(f"setting_number_{i}={i}" for i in range(6)) + "~")  # each key by its last part
+    # Other keys with the same last part and value: the shortened labels read alike, the hash keeps them apart.
+    teacher, student = (f"model.{role}.name_or_path=/models/{'m' * 150}" for role in ("teacher", "student"))
+    assert differs([teacher]) != differs([student]) and differs([teacher])[:-9] == differs([student])[:-9]
     many = [f"module.block.setting_number_{i}={i}" for i in range(40)]
     label = differs(many)
     assert len(label) == MAX_LABEL + 1 and label[-9] == "~" and label != differs(many[:-1])
