@@ -1,24 +1,22 @@
 """Forward+backward time and peak memory of kdlab's divergences beside naive PyTorch and peer implementations.
 
-(a) Every per-position divergence on logits [N, V] (the LM distillation case), fp32 and bf16, fwd+bwd:
+Every per-position divergence on logits [N, V] (the LM distillation case), fp32 and bf16, fwd+bwd:
     kdlab as called (`get(name)(s, t)`: the fused engine), kdlab's plain reference formula (`fn`, what
     every call ran before the engine), the naive eager PyTorch formula (log_softmax in fp32, then the
     textbook expression; no -inf handling) and, for gjsd/js, TRL's GKD `generalized_jsd_loss` and on
     CUDA Liger-Kernel's JSD (optional peers: a missing one is recorded as skipped). All contenders of
     one divergence run in this process, interleaved round-robin; the first call of each (kdlab's
     compilation) is reported apart from the median of the timed calls.
-(b) The batch-level Sinkhorn distance of SinKD for B x C logits vs POT (`ot.sinkhorn2`, log-domain,
-    torch backend) and geomloss (`SamplesLoss("sinkhorn")`, a different quantity: time only).
+The batch-level Sinkhorn of SinKD has its own script, `benchmarks/bench_sinkhorn.py`.
 
-Memory (a): peak of the bytes held by tensors allocated during the first forward+backward (torch's
+Memory: peak of the bytes held by tensors allocated during the first forward+backward (torch's
 profiler, `profile_memory=True`, allocation and free events summed in time order; on CUDA the growth of
 `max_memory_allocated`), the gradient buffer included, beside the size of the logits' gradient. The
 profiler runs during the first call only, which is why it is reported apart from the timed rounds.
-(b) reports time only (its tensors are small).
 
-    python benchmarks/bench_divergences.py --skip-sinkhorn     # CPU, 2048 x 32000, fp32 and bf16, writes results
+    python benchmarks/bench_divergences.py     # CPU, 2048 x 32000, fp32 and bf16, writes results
     python benchmarks/bench_divergences.py --dtypes float32 --rows-out a.json   # one share of the rows only
-    python benchmarks/bench_divergences.py --skip-sinkhorn --rows-in a.json b.json   # results from the shares
+    python benchmarks/bench_divergences.py --rows-in a.json b.json   # results from the shares
     python benchmarks/bench_divergences.py --device cuda        # 8192 x 128256 bf16, H100 bound at 3350 GB/s
 """
 
@@ -220,52 +218,6 @@ def ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
-def sinkhorn_rows(args: argparse.Namespace) -> list[dict]:
-    """SinKD's batch-wise Sinkhorn: softmax(z / 2), L1 cost, eps = 0.1, 20 iterations, forward+backward."""
-    epsilon, n_iters, tau = 0.1, 20, 2.0
-    peers: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-        "kdlab sinkhorn (log domain)": get("sinkhorn", epsilon=epsilon, n_iters=n_iters),
-        "kdlab sinkhorn (plain domain)": get("sinkhorn", epsilon=epsilon, n_iters=n_iters, domain="plain"),
-    }
-    try:
-        import ot
-
-        def pot(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            q, p = (s / tau).softmax(-1), (t / tau).softmax(-1)
-            uniform = torch.full((s.shape[0],), 1 / s.shape[0], device=s.device)
-            return ot.sinkhorn2(uniform, uniform, torch.cdist(q, p, p=1), epsilon, method="sinkhorn_log", numItermax=n_iters, stopThr=0.0)
-
-        peers["POT ot.sinkhorn2 (sinkhorn_log, torch)"] = pot
-    except ImportError:
-        pass
-    try:
-        from geomloss import SamplesLoss
-
-        samples_loss = SamplesLoss("sinkhorn", p=1, blur=epsilon, backend="tensorized")
-        peers["geomloss SamplesLoss('sinkhorn') [different quantity]"] = lambda s, t: samples_loss((s / tau).softmax(-1), (t / tau).softmax(-1))
-    except ImportError:
-        pass
-    rows = []
-    for batch, classes in ((64, 100), (64, 1000), (256, 100), (256, 1000)):
-        generator = torch.Generator(device=args.device).manual_seed(0)
-        student = torch.randn(batch, classes, generator=generator, device=args.device).mul_(3).requires_grad_()
-        teacher = torch.randn(batch, classes, generator=generator, device=args.device).mul_(3)
-        for name, fn in peers.items():
-            kwargs = {"temperature": tau} if name.startswith("kdlab") else {}
-            times = []
-            for _ in range(1 + args.sinkhorn_repeats):
-                student.grad = None
-                _sync(args.device)
-                start = time.perf_counter()
-                value = fn(student, teacher, **kwargs)
-                value.backward()
-                _sync(args.device)
-                times.append(time.perf_counter() - start)
-            rows.append({"contender": name, "B": batch, "C": classes, "value": value.item(), "time_s_median": statistics.median(times[1:])})
-            print(rows[-1], flush=True)
-    return rows
-
-
 def hbm_lower_bound_s(args: argparse.Namespace, dtype: str) -> float:
     """Read student and teacher logits once and write the student's gradient once, at peak bandwidth."""
     bytes_moved = 3 * args.n * args.vocab * torch.finfo(getattr(torch, dtype)).bits // 8
@@ -273,7 +225,7 @@ def hbm_lower_bound_s(args: argparse.Namespace, dtype: str) -> float:
 
 
 def markdown_per_token(result: dict) -> str:
-    """`## Divergences` and its part (a): the ratio table against the targets, then every contender."""
+    """`## Divergences`: the ratio table against the targets, then every contender."""
     setup = result["setup"]
     mark = lambda ok: "yes" if ok else "**no**"  # noqa: E731
     lines = [
@@ -286,7 +238,7 @@ def markdown_per_token(result: dict) -> str:
         f"{', '.join(f'{x:.1f}' for x in setup['load_average_at_end'])}), so absolute times are indicative; the "
         "ratios come from contenders interleaved in one process, and memory is not affected.",
         "",
-        f"### (a) Every per-position divergence, forward + backward, logits [{setup['n']}, {setup['vocab']}]",
+        f"### Every per-position divergence, forward + backward, logits [{setup['n']}, {setup['vocab']}]",
         "",
         f"Median of {setup['repeats']} interleaved rounds after a first call (the first call of kdlab compiles its "
         f"kernel: reported as \"first call\"). Targets: >= {TARGETS['vs_plain']:g}x faster than kdlab's plain formula "
@@ -318,33 +270,16 @@ def markdown_per_token(result: dict) -> str:
     return "\n".join(lines)
 
 
-def markdown_sinkhorn(result: dict) -> str:
-    lines = [
-        "### (b) Batch-level Sinkhorn (SinKD: softmax(z/2), L1 cost, eps = 0.1, 20 iterations), forward + backward",
-        "",
-        f"Median of {result['setup']['sinkhorn_repeats']} timed steps, time only. POT computes the same <P, C> with marginals 1/B (kdlab's \"mean\"; SinKD's code value is B times it); "
-        "geomloss's `SamplesLoss('sinkhorn')` is the debiased Sinkhorn "
-        "divergence with eps-scaling, a different quantity.",
-        "",
-        "| contender | B | C | value | time (ms) |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    lines += [f"| {r['contender']} | {r['B']} | {r['C']} | {r['value']:.4f} | {1e3 * r['time_s_median']:.1f} |" for r in result["sinkhorn"]]
-    return "\n".join(lines + [""])
-
-
-def write_readme(per_token_section: str, sinkhorn_section: str | None) -> None:
-    """Replace this script's `## Divergences` section (only its part (a) when `sinkhorn_section` is None), keeping the others."""
+def write_readme(section: str) -> None:
+    """Replace this script's `## Divergences` section of the README, keeping the others."""
     text = README.read_text() if README.exists() else "# Benchmarks\n\nSpeed and memory of kdlab beside peer libraries; each section is written by its script.\n"
     start = text.find("## Divergences")
     if start < 0:
-        text = text.rstrip("\n") + "\n\n" + per_token_section + (sinkhorn_section or "")
+        text = text.rstrip("\n") + "\n\n" + section
     else:
         end = text.find("\n## ", start + 1)
         end = len(text) if end < 0 else end + 1
-        part_b = text.find("### (b)", start, end)
-        kept_b = text[part_b:end] if sinkhorn_section is None and part_b >= 0 else (sinkhorn_section or "")
-        text = text[:start] + per_token_section + kept_b + ("\n" if end < len(text) and not kept_b.endswith("\n\n") else "") + text[end:]
+        text = text[:start] + section + ("\n" if end < len(text) and not section.endswith("\n\n") else "") + text[end:]
     _atomic_write(README, text)
 
 
@@ -363,12 +298,10 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16"), help="logits dtypes (float32 bfloat16 on CPU, bfloat16 on CUDA)")
     parser.add_argument("--divergences", nargs="+", help="per-position divergences to run (default: every one in the registry)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds after the first call")
-    parser.add_argument("--sinkhorn-repeats", type=int, default=10, help="timed Sinkhorn steps after the first")
     parser.add_argument("--hbm-gbps", type=float, default=3350.0, help="peak HBM bandwidth for the lower bound (H100 SXM: 3350)")
-    parser.add_argument("--skip-sinkhorn", action="store_true", help="run part (a) only; the README keeps its part (b)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--note", default="", help="a paragraph on this run for the README (what was measured apart, what was missed)")
-    parser.add_argument("--rows-out", type=Path, help="write the measured rows of (a) and their setup here, nothing else")
+    parser.add_argument("--rows-out", type=Path, help="write the measured rows and their setup here, nothing else")
     parser.add_argument("--rows-in", type=Path, nargs="+", help="build the results from these --rows-out files instead of measuring")
     args = parser.parse_args()
     for key, value in (GPU_DEFAULTS if args.device == "cuda" else CPU_DEFAULTS).items():
@@ -387,7 +320,6 @@ def main() -> None:
         "vocab": args.vocab,
         "dtypes": args.dtypes,
         "repeats": args.repeats,
-        "sinkhorn_repeats": args.sinkhorn_repeats,
         "torch_threads": torch.get_num_threads(),
         "kdlab_fused_env": {key: os.environ.get(key) for key in ("KDLAB_FUSED", "KDLAB_FUSED_MIN_NUMEL")},
         "load_average_at_start": os.getloadavg(),
@@ -414,21 +346,19 @@ def main() -> None:
         "setup": setup,
         "per_token": rows,
         "ratios": ratios(rows),
-        "sinkhorn": [] if args.skip_sinkhorn else sinkhorn_rows(args),
         "gpu_note": (
             "HBM-bandwidth lower bound (read both logits, write one gradient, "
             + ", ".join(f"{dtype}: {1e3 * bound:.2f} ms" for dtype, bound in bounds.items()) + f" at {args.hbm_gbps:.0f} GB/s)."
             if args.device == "cuda"
             else "GPU part (8192 x 128256 bf16 beside Liger-Kernel's JSD and the HBM-bandwidth lower bound) not run: no GPU was "
-            "lent to this task. Run `python benchmarks/bench_divergences.py --device cuda --skip-sinkhorn` on one."
+            "lent to this task. Run `python benchmarks/bench_divergences.py --device cuda` on one."
         ),
     }
-    per_token_section = markdown_per_token(result)
-    sinkhorn_section = None if args.skip_sinkhorn else markdown_sinkhorn(result)
+    section = markdown_per_token(result)
     if not args.no_write:
         _atomic_write(RESULTS / f"divergences_{args.device}.json", json.dumps(result, indent=2) + "\n")
-        write_readme(per_token_section, sinkhorn_section)
-    print(per_token_section + (sinkhorn_section or ""))
+        write_readme(section)
+    print(section)
 
 
 if __name__ == "__main__":
