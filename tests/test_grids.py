@@ -53,14 +53,14 @@ def test_grid_has_every_classification_method_once_per_divergence_it_takes(grid:
 @pytest.mark.parametrize("grid", GRIDS)
 def test_every_job_of_the_grid_composes_and_builds(grid: str, tmp_path: Path) -> None:
     jobs = jobs_of(grid, tmp_path, "seed=0")
-    assert len(jobs) == len(set(map(tuple, jobs))) == 6 * 4 + 9
+    assert len(jobs) == len(set(map(tuple, jobs))) == 6 * 4 + 10
     for job in jobs:
         assert_job(job, tmp_path, fixed=(f"experiment={grid}",))
 
 
 def test_the_command_line_restricts_the_divergence_blocks_and_keeps_the_others(tmp_path: Path) -> None:
     jobs = [parsed(job) for job in jobs_of("grid_digits", tmp_path, "divergence=fkl,rkl,js", "trainer.max_epochs=5")]
-    assert len(jobs) == (6 * 3 + 9) * 3
+    assert len(jobs) == (6 * 3 + 10) * 3
     assert {job.get("divergence") for job in jobs} == {"fkl", "rkl", "js", None}
     assert all(job["trainer.max_epochs"] == "5" for job in jobs) and {job["seed"] for job in jobs} == {"0", "1", "2"}
     only = [parsed(job) for job in jobs_of("grid_digits", tmp_path, "method=kd,scratch", "divergence=tvd", "seed=1")]

@@ -13,16 +13,17 @@ LAYERS = {
     "kdlab": 0,  # the package's own __init__ (version)
     "kdlab.errors": 0, "kdlab.tokens": 0, "kdlab.fingerprint": 0, "kdlab.distributed": 0, "kdlab.results": 0,
     "kdlab.checks": 0, "kdlab.devices": 0, "kdlab.run_logs": 0, "kdlab.annotations": 0, "kdlab.cache": 0, "kdlab.checkpoints": 0,
+    "kdlab.run_dirs": 0,
     "kdlab.divergences": 1,
     "kdlab.conf": 2,
     "kdlab.models": 2, "kdlab.oracle": 3, "kdlab.synthetic": 3, "kdlab.rewards": 3, "kdlab.data": 4,
     "kdlab.objectives": 5,
-    "kdlab.metrics": 6,
+    "kdlab.metrics": 6, "kdlab.lm_teacher_outputs": 6,
     "kdlab.modules": 7,
     "kdlab.loggers": 8, "kdlab.teachers": 8, "kdlab.resume": 8, "kdlab.summary": 8, "kdlab.methods": 8,
-    "kdlab.validate": 8, "kdlab.resumable": 8,
+    "kdlab.validate": 8, "kdlab.resumable": 8, "kdlab.teacher_outputs": 8,
     "kdlab.run": 9, "kdlab.report": 9,
-    "kdlab.train": 10,
+    "kdlab.train": 10, "kdlab.saved_run": 10, "kdlab.evaluate": 10, "kdlab.export": 10,
     "kdlab.cli": 11,
 }
 

@@ -44,8 +44,9 @@ class TrainingModule(L.LightningModule):
     weighted by `batch_size(batch)`). Only on the steps whose logs reach the loggers (every
     `trainer.log_every_n_steps`) are they logged, as `train/loss` and `train/<term>`: each row the
     mean over the steps since the previous row (across epochs; the window is in the checkpoint, so a
-    resumed run writes the same rows). The last batch of an epoch logs the window so far without a
-    row: `trainer.callback_metrics`, hence results.json, hold the mean of the last steps of the fit.
+    resumed run writes the same rows). The last batch of an epoch (and the step `trainer.max_steps`
+    ends on) logs the window so far without a row: `trainer.callback_metrics`, hence results.json,
+    hold the mean of the last steps of the fit.
     One `self.log` per row, not per step: Lightning's logging costs more than a small model's step.
     Validation and test batches go to
     `evaluate(batch, split)`; at the end of their epoch `epoch_metrics(split)` is logged as
@@ -184,8 +185,8 @@ class TrainingModule(L.LightningModule):
         self.train_window.add({"loss": loss} | logs | batch_logs, self.batch_size(batch))
         if self.logs_reach_loggers():
             self.log_train_means(self.train_window.pop())
-        elif self.trainer.is_last_batch:  # before validation and its checkpoint: the epoch's last figures, not written as a row
-            self.log_train_means(self.train_window.means())
+        elif self.trainer.is_last_batch or 0 <= self.trainer.max_steps <= self.trainer.global_step + 1:
+            self.log_train_means(self.train_window.means())  # an epoch's (or the fit's) last figures, not written as a row
         return loss
 
     def log_train_means(self, means: dict[str, torch.Tensor | float]) -> None:
