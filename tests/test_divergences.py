@@ -294,3 +294,23 @@ def test_mean_over_no_counted_position_is_zero_with_zero_gradient(name):
     value = get(name)(student, teacher, mask=torch.zeros(2, 3, dtype=torch.bool))
     assert value.item() == 0.0
     assert all((g == 0).all() for g in grads(value, student, teacher))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_expm1_from_exp_log_matches_torch_in_values_and_gradients(dtype):
+    from kdlab.divergences._core import expm1_from_exp_log as expm1  # what the fused kernels compute
+
+    tiny = torch.logspace(-12, 0, 2001, dtype=torch.float64)
+    grid = torch.cat([torch.linspace(-110, 80, 40001, dtype=torch.float64), tiny, -tiny, torch.zeros(1, dtype=torch.float64)])
+    x = grid.to(dtype).requires_grad_()
+    value = expm1(x)
+    (gradient,) = torch.autograd.grad(value.sum(), x)
+    exact = x.detach().double()
+    ulps = 4 * torch.finfo(dtype).eps
+    assert torch.allclose(value.double(), torch.expm1(exact), rtol=ulps, atol=0)
+    normal = exact.exp() > 1e3 * torch.finfo(dtype).tiny  # e^x itself representable without underflow
+    assert torch.allclose(gradient.double()[normal], exact.exp()[normal], rtol=ulps, atol=0)
+    huge = torch.tensor([-1e30, 1e30, 1e4], dtype=dtype, requires_grad=True)  # masked-vocabulary scale log-ratios
+    (gradient,) = torch.autograd.grad(expm1(huge).sum(), huge)
+    assert expm1(huge.detach()).tolist() == torch.expm1(huge.detach()).tolist()
+    assert not gradient.isnan().any()

@@ -84,7 +84,9 @@ def test_fused_mechanism_equals_the_plain_formula(case, dtype, eager):
         )
 
 
-@pytest.mark.parametrize(("name", "dtype"), [("fkl", torch.float32), ("js", torch.bfloat16), ("tvd", torch.float32), ("ab", torch.bfloat16)])
+@pytest.mark.parametrize(
+    ("name", "dtype"), [("fkl", torch.float32), ("js", torch.bfloat16), ("tvd", torch.float32), ("ab", torch.bfloat16), ("chi2", torch.float32)]
+)
 def test_compiled_path_equals_the_plain_formula(name, dtype, monkeypatch):
     divergence = get(name)  # before the threshold drops: get's 1 x 2 probe compiles nothing
     monkeypatch.setenv("KDLAB_FUSED", "1")

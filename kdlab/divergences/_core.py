@@ -84,6 +84,25 @@ def kl(log_a: Tensor, log_b: Tensor) -> Tensor:
     return (log_a.exp() * (log_a - log_b)).sum(dim=-1)
 
 
+def expm1(x: Tensor) -> Tensor:
+    """e^x - 1, elementwise: `torch.expm1`, and `expm1_from_exp_log` inside `torch.compile` (the fused engine's
+    kernels), where compilers vectorise exp and log with fast kernels and expm1 with a slow one (inductor on
+    the CPU: a fused chi^2 step 1.5-2.5x faster). Both agree to a few ulp."""
+    return expm1_from_exp_log(x) if torch.compiler.is_compiling() else torch.expm1(x)
+
+
+def expm1_from_exp_log(x: Tensor) -> Tensor:
+    """e^x - 1 to a few ulp, written with exp and log only: Kahan's identity (u - 1) x / log(u), u = e^x
+    (x itself where u rounds to 1) for |x| < 1, where u - 1 alone cancels; u - 1 elsewhere. The unused
+    branches are evaluated at safe points, so values and gradients stay finite wherever e^x is."""
+    small = x.abs() < 1
+    x_small = torch.where(small, x, 0.5)
+    u = x_small.exp()
+    rounds_to_one = u == 1
+    kahan = torch.where(rounds_to_one, x_small, (u - 1) * x_small / torch.where(rounds_to_one, 1.0, u.log()))
+    return torch.where(small, kahan, x.exp() - 1)
+
+
 def check_param(name: str, value: float, low: float = -math.inf, high: float = math.inf) -> None:
     """Raise `ValueError` unless `value` is a finite real number in the closed interval [low, high]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:

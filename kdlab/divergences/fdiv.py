@@ -6,7 +6,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdlab.divergences._core import log_probs, reduce
+from kdlab.divergences._core import expm1, log_probs, reduce
 from kdlab.divergences.registry import divergence
 
 # |log(p/q)| is clamped here (docs/methods.md §0.4 rule 5): exp(2 * 30) * 2^17 vocabulary entries stays below the
@@ -21,9 +21,9 @@ F_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "kl": lambda t: t.exp() * t,  # u log u                      -> KL(p||q)
     "reverse_kl": lambda t: -t,  # -log u                       -> KL(q||p)
     "js": lambda t: t.exp() * t - (t.exp() + 1) * (F.softplus(t) - math.log(2)),  # u log u - (u+1) log((u+1)/2) -> 2 JS(p,q)
-    "tv": lambda t: 0.5 * t.expm1().abs(),  # |u - 1| / 2                  -> TV(p,q)
-    "pearson": lambda t: t.expm1().square(),  # (u - 1)^2                    -> Pearson chi^2(p||q)
-    "neyman": lambda t: t.expm1().square() * (-t).exp(),  # (1 - u)^2 / u                -> Neyman chi^2 = Pearson chi^2(q||p)
+    "tv": lambda t: 0.5 * expm1(t).abs(),  # |u - 1| / 2                  -> TV(p,q)
+    "pearson": lambda t: expm1(t).square(),  # (u - 1)^2                    -> Pearson chi^2(p||q)
+    "neyman": lambda t: expm1(t).square() * (-t).exp(),  # (1 - u)^2 / u                -> Neyman chi^2 = Pearson chi^2(q||p)
 }
 
 

@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor
 
-from kdlab.divergences._core import check_param, kl, log_probs, reduce
+from kdlab.divergences._core import check_param, expm1, kl, log_probs, reduce
 from kdlab.divergences.registry import divergence
 
 
@@ -71,7 +71,7 @@ def ab(
         value = _amari_power(log_q, log_p, beta)
     elif alpha + beta == 0:
         log_ratio = log_p - log_q
-        value = (torch.expm1(alpha * log_ratio) - alpha * log_ratio).sum(dim=-1) / alpha**2
+        value = (expm1(alpha * log_ratio) - alpha * log_ratio).sum(dim=-1) / alpha**2
     else:
         s = alpha + beta
         cross = (alpha * log_p + beta * log_q).exp()
