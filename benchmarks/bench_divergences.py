@@ -16,7 +16,7 @@ profiler runs during the first call only, which is why it is reported apart from
 
     python benchmarks/bench_divergences.py     # CPU, 2048 x 32000, fp32 and bf16, writes results
     python benchmarks/bench_divergences.py --dtypes float32 --rows-out a.json   # one share of the rows only
-    python benchmarks/bench_divergences.py --rows-in a.json b.json   # results from the shares
+    python benchmarks/bench_divergences.py --rows-in a.json b.json   # results from the shares (b's rows replace a's)
     python benchmarks/bench_divergences.py --device cuda        # 8192 x 128256 bf16, H100 bound at 3350 GB/s
 """
 
@@ -142,6 +142,7 @@ def step(loss_fn: Loss, student: torch.Tensor, teacher: torch.Tensor, device: st
 def profiled_step(loss_fn: Loss, student: torch.Tensor, teacher: torch.Tensor, device: str) -> tuple[float, float, int]:
     """(seconds, value, peak bytes) of one forward+backward; the peak is of the bytes held by the tensors
     allocated during the step (the gradient included), from the profiler's memory events on the CPU."""
+    student.grad = None  # freed before measuring: the previous contender's gradient is not this step's memory
     if device == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -233,10 +234,11 @@ def markdown_per_token(result: dict) -> str:
         "",
         f"`python benchmarks/bench_divergences.py` on {setup['machine']}, torch {setup['torch']}, "
         f"device {setup['device']}; raw numbers in `benchmarks/results/divergences_{setup['device']}.json`. "
-        f"The machine was shared with other jobs (1/5/15-min load average at start: "
-        f"{', '.join(f'{x:.1f}' for x in setup['load_average_at_start'])}; at the end: "
-        f"{', '.join(f'{x:.1f}' for x in setup['load_average_at_end'])}), so absolute times are indicative; the "
-        "ratios come from contenders interleaved in one process, and memory is not affected.",
+        f"1/5/15-min load average at start: {', '.join(f'{x:.1f}' for x in setup['load_average_at_start'])}; at the end: "
+        f"{', '.join(f'{x:.1f}' for x in setup['load_average_at_end'])}"
+        + (" (the machine was shared with other jobs, so absolute times are indicative; the ratios come from contenders "
+           "interleaved in one process, and memory is not affected)." if setup["load_average_at_start"][0] > 1.5 else
+           " (the machine was otherwise idle)."),
         "",
         f"### Every per-position divergence, forward + backward, logits [{setup['n']}, {setup['vocab']}]",
         "",
@@ -331,10 +333,12 @@ def main() -> None:
     }
     if args.rows_in:  # shares measured by separate processes (each interleaved within itself)
         shares = [json.loads(path.read_text()) for path in args.rows_in]
-        setup = {**shares[0]["setup"], "dtypes": [d for share in shares for d in share["setup"]["dtypes"]],
+        setup = {**shares[0]["setup"], "dtypes": list(dict.fromkeys(d for share in shares for d in share["setup"]["dtypes"])),
                  "load_average_at_start": shares[0]["setup"]["load_average_at_start"],
                  "load_average_at_end": shares[-1]["setup"]["load_average_at_end"]}
-        rows = [row for share in shares for row in share["rows"]]
+        # a later share's row replaces an earlier one of the same divergence, dtype and contender (a re-measurement)
+        keyed = {(row["divergence"], row["dtype"], row["contender"]): row for share in shares for row in share["rows"]}
+        rows = list(keyed.values())
     else:
         rows = per_token(args)
         setup["load_average_at_end"] = os.getloadavg()
