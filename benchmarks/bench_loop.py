@@ -12,7 +12,9 @@ and LR schedule (the config's AdamW and cosine schedule) and the same objective 
 - **kdlab**: kdlab's `DistillModule` fitted by the Trainer `kdlab.run.build_trainer` builds for the
   composed `kdlab train` config (its callbacks: checkpoints, progress bar, LR monitor, `ResumableRun`;
   its loggers: CSV + W&B offline), on the datamodule the config builds (digits) or an in-memory one
-  of random CIFAR-shaped tensors through kdlab's own split datamodule (resnet32x4 -> resnet8x4).
+  of random CIFAR-shaped tensors through kdlab's own split datamodule (resnet32x4 -> resnet8x4);
+- **Lightning floor**: the same step in a LightningModule with nothing else, in a bare Trainer on
+  the same datamodule: what Lightning's loop costs before kdlab adds anything.
 
 Training only (`trainer.limit_val_batches=0`): the time from the start of the first timed epoch to
 the end of training, the first `warmup` epochs left out; images/s = timed images / that time. The
@@ -198,12 +200,44 @@ class Pair:
         return clock.seconds
 
 
+class MinimalKD(L.LightningModule):
+    """The same step as a LightningModule with nothing else (no logging, metrics or checks): Lightning's own floor."""
+
+    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module, objective: torch.nn.Module, cfg: DictConfig) -> None:
+        super().__init__()
+        self.student, self.objective, self.cfg = student, objective, cfg
+        self.teacher = [teacher]  # not a submodule: frozen, outside the optimiser and the checkpoint
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = self.teacher[0](batch["input"])
+        return self.objective({"logits": self.student(batch["input"]), "teacher_logits": teacher_logits}, batch)[0]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = instantiate(self.cfg.optimizer)(self.student.parameters())
+        return {"optimizer": optimizer, "lr_scheduler": instantiate(self.cfg.scheduler)(optimizer)}
+
+
+def lightning_floor(pair: Pair) -> tuple[float, float]:
+    """(wall-clock, CPU) seconds of the timed epochs of `MinimalKD` in a bare Trainer (no callbacks, loggers or
+    progress bar; `trainer.deterministic` as kdlab's): what any Lightning fit of this step costs."""
+    clock = Clock(pair.warmup)
+    trainer = L.Trainer(max_epochs=pair.epochs, limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
+                        deterministic=pair.cfg.trainer.deterministic, accelerator="cpu", devices=1)
+    trainer.fit(MinimalKD(copy.deepcopy(pair.student), pair.teacher, pair.objective(), pair.cfg), datamodule=pair.datamodule)
+    return clock.seconds
+
+
 def compare(pair: Pair, repeats: int) -> dict[str, Any]:
-    """Both loops `repeats` times, alternating; images/s by wall-clock and by CPU time, medians and ratios."""
-    times: dict[str, list[tuple[float, float]]] = {"raw": [], "kdlab": []}
+    """The loops `repeats` times, alternating; images/s by wall-clock and by CPU time, medians and ratios
+    (the Lightning floor, `lightning_floor`, on the training-only runs)."""
+    times: dict[str, list[tuple[float, float]]] = {"raw": [], "kdlab": []} | ({} if pair.validate else {"lightning_floor": []})
     for _ in range(repeats):
         times["raw"].append(pair.raw())
         times["kdlab"].append(pair.kdlab())
+        if "lightning_floor" in times:
+            times["lightning_floor"].append(lightning_floor(pair))
     result: dict[str, Any] = {"pair": pair.name, "validation": pair.validate, "epochs": pair.epochs, "warmup_epochs": pair.warmup,
                               "timed_images": pair.timed_images, "batch_size": pair.batch_size}
     for clock, column in (("wall", 0), ("cpu", 1)):
@@ -212,10 +246,12 @@ def compare(pair: Pair, repeats: int) -> dict[str, Any]:
         per_repeat = [k / r for k, r in zip(rates["kdlab"], rates["raw"], strict=True)]
         result[clock] = {"images_per_s_median": {k: round(v, 1) for k, v in medians.items()},
                          "ratio_kdlab_to_raw": round(medians["kdlab"] / medians["raw"], 3),
+                         **({"ratio_lightning_floor_to_raw": round(medians["lightning_floor"] / medians["raw"], 3)} if "lightning_floor" in medians else {}),
                          "ratio_per_repeat": [round(r, 3) for r in per_repeat],
                          "images_per_s": {k: [round(v, 1) for v in values] for k, values in rates.items()}}
         print(f"{pair.name:22s} val={pair.validate!s:5s} {clock:4s} raw {medians['raw']:7.0f} img/s  kdlab {medians['kdlab']:7.0f} "
-              f"img/s  ratio {medians['kdlab'] / medians['raw']:.3f} (repeats {min(per_repeat):.2f}-{max(per_repeat):.2f})", flush=True)
+              f"img/s  ratio {medians['kdlab'] / medians['raw']:.3f} (repeats {min(per_repeat):.2f}-{max(per_repeat):.2f})"
+              + (f"  Lightning floor {medians['lightning_floor'] / medians['raw']:.3f}" if "lightning_floor" in medians else ""), flush=True)
     return result
 
 
