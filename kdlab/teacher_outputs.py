@@ -7,8 +7,9 @@ class; `kdlab.data.soft_labels` says what is kept otherwise). The entry is built
 `i` is the crop and flip `kdlab.data.views.view_parameters(seed, K, N, padding, flip)[k, i]`, and the teacher
 (eval mode, no gradient) is run on every view of every image. Training batches then replay view `e mod K` in
 epoch `e` — the student sees exactly the crop and flip the teacher saw — and carry the stored
-`teacher_logits`, so `DistillModule` runs no teacher forward in training (validation and test still run the
-teacher, on the un-augmented images). A dataset that does not augment (digits) has one view.
+`teacher_logits`, so `DistillModule` runs no teacher forward in training (validation runs it once per image,
+on the un-augmented images, and keeps its logits for the run's later validations; test runs it). A dataset
+that does not augment (digits) has one view.
 
 The entry's key is the fingerprint of the teacher's weights (SHA-256 of its state dict: the same for a cached
 or a checkpointed teacher), of the train split (`ViewSource.fingerprint`: images, labels, augmentation,

@@ -12,6 +12,7 @@ from kdlab.data import DigitsDataModule
 from kdlab.divergences import get
 from kdlab.models import SmallCNN
 from kdlab.modules import DistillModule, NonFiniteLossError, TeacherModule
+from kdlab.modules.distill import LogitsBySample
 from kdlab.objectives.cross_entropy import CrossEntropy
 from kdlab.objectives.hinton_kd import HintonKD
 from kdlab.results import write_json_atomic
@@ -43,6 +44,37 @@ def test_distillation_never_updates_the_teacher() -> None:
     for key, value in teacher.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert all(id(p) not in {id(q) for q in teacher.parameters()} for g in module.optimizers().param_groups for p in g["params"])
+
+
+def test_the_frozen_teacher_runs_once_per_validation_sample_and_the_metrics_stay_the_same() -> None:
+    L.seed_everything(0)
+    teacher, student = SmallCNN(10, width=8), SmallCNN(10, width=4)
+    module = DistillModule(model=student, teacher=teacher, objective=hinton_kd(), optimizer=adam, num_classes=10)
+    validated_rows = []
+    teacher.register_forward_hook(
+        lambda m, args, out: validated_rows.append(len(args[0])) if module.trainer.validating or module.trainer.sanity_checking else None
+    )
+    datamodule = DigitsDataModule(batch_size=64)
+    trainer = quick_trainer(max_epochs=3)
+    trainer.fit(module, datamodule=datamodule)
+    assert sum(validated_rows) == len(datamodule.split_dataset("val"))  # once per sample: not 2 sanity batches + 3 epochs
+    fitted = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    assert {"val/kl", "val/agreement", "val/teacher_acc"} <= set(fitted)
+    module.val_teacher_logits = LogitsBySample()  # forget them: the teacher runs again, and agrees exactly
+    validated = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
+    assert sum(validated_rows) == 2 * len(datamodule.split_dataset("val"))
+    assert {k: fitted[k] for k in validated} == validated
+
+
+def test_logits_by_sample_give_rows_only_once_every_index_is_known() -> None:
+    store = LogitsBySample()
+    assert store.get(torch.tensor([0, 1])) is None
+    store.put(torch.tensor([2, 0]), torch.tensor([[2.0, 2.5], [0.0, 0.5]]))
+    assert store.get(torch.tensor([0, 1])) is None  # 1 was never put
+    assert torch.equal(store.get(torch.tensor([2, 0, 2])), torch.tensor([[2.0, 2.5], [0.0, 0.5], [2.0, 2.5]]))
+    store.put(torch.tensor([5]), torch.tensor([[5.0, 5.5]]))  # grows, keeping the earlier rows
+    assert torch.equal(store.get(torch.tensor([5, 2])), torch.tensor([[5.0, 5.5], [2.0, 2.5]]))
+    assert store.get(torch.tensor([6])) is None
 
 
 class ExplodingKD(HintonKD):
