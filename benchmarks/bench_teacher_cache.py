@@ -3,11 +3,12 @@
     python benchmarks/bench_teacher_cache.py [--repeats 1] [--images 320] [--root DIR] [--out benchmarks/results/teacher_cache_cpu.json]
 
 Every variant is a whole `kdlab train` job run in this process (composed as the CLI composes it), timed
-per training epoch (first batch to last optimiser step, validation not counted) by a callback, in wall-clock
+per training epoch (first batch to last optimiser step, validation apart) by a callback, in wall-clock
 time and in this process's CPU time (one torch thread: on a shared machine the CPU time is the work done,
 the wall time also what the other processes took); the variants alternate, `--repeats` times each, and the
 median epoch (the first epoch of every job left out) is reported with its speed-up over the teacher
-running at every step:
+running at every step, beside the wall time of the job's first validation and the median of its later ones
+(a frozen teacher runs on each validation image in the first only):
 
 - **CIFAR-shaped pair** resnet32x4 -> resnet8x4 (batch 64, Hinton KD T=4) on tiny CIFAR-100 files written in
   CIFAR's own format (tests/cifar_files.py: random images; CIFAR cannot be downloaded here): the teacher at
@@ -47,12 +48,14 @@ from kdlab.data.soft_labels import SoftLabels, compress  # noqa: E402
 from kdlab.run import run  # noqa: E402
 
 EPOCH_TIMES: list[tuple[float, float]] = []  # (wall s, CPU s) of each training epoch
+VALIDATION_TIMES: list[float] = []  # wall s of each validation (the frozen teacher runs in the first only)
 QUIET = ["logger=none", "~callbacks.progress_bar", "~callbacks.checkpoint", "++trainer.enable_progress_bar=false",
          "++trainer.enable_model_summary=false"]
 
 
 class EpochTimer(L.Callback):
-    """Appends each training epoch's wall and CPU time (its first batch's start to its last batch's end) to `EPOCH_TIMES`."""
+    """Appends each training epoch's wall and CPU time (its first batch's start to its last batch's end) to `EPOCH_TIMES`,
+    and each validation's wall time to `VALIDATION_TIMES`."""
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if batch_idx == 0:
@@ -64,6 +67,13 @@ class EpochTimer(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         EPOCH_TIMES.append((self.ended[0] - self.started[0], self.ended[1] - self.started[1]))
 
+    def on_validation_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.validation_started = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            VALIDATION_TIMES.append(time.perf_counter() - self.validation_started)
+
 
 def job(overrides: list[str], root: Path, name: str) -> dict[str, Any]:
     """Run `kdlab train OVERRIDES` here; its results.json and its training epochs' times (the first left out)."""
@@ -72,19 +82,23 @@ def job(overrides: list[str], root: Path, name: str) -> dict[str, Any]:
     with open_dict(cfg):
         cfg.callbacks.epoch_timer = {"_target_": f"{__name__}.EpochTimer"}
     EPOCH_TIMES.clear()
+    VALIDATION_TIMES.clear()
     run(cfg)
-    return {"results": json.loads((output / "results.json").read_text()), "epochs_s": list(EPOCH_TIMES[1:])}
+    return {"results": json.loads((output / "results.json").read_text()), "epochs_s": list(EPOCH_TIMES[1:]),
+            "validations_s": list(VALIDATION_TIMES)}
 
 
 def measure(variants: dict[str, list[str]], root: Path, repeats: int, baseline: str) -> dict[str, Any]:
     """Each variant `repeats` times, alternating; per variant the median epoch, its speed-up over `baseline`,
     the last job's test metrics and its teacher-output record."""
     epochs: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    validations: dict[str, list[list[float]]] = {name: [] for name in variants}
     last: dict[str, dict] = {}
     for _ in range(repeats):
         for name, overrides in variants.items():
             done = job(overrides, root, name)
             epochs[name] += done["epochs_s"]
+            validations[name].append(done["validations_s"])
             last[name] = done["results"]
             print(f"  {name:28s} epochs (wall, CPU) {', '.join(f'{w:.2f}/{c:.2f}' for w, c in done['epochs_s'])} s", flush=True)
     report = {}
@@ -94,6 +108,8 @@ def measure(variants: dict[str, list[str]], root: Path, repeats: int, baseline: 
             "epoch_s": round(statistics.median(w for w, _ in epochs[name]), 3),
             "epoch_cpu_s": round(statistics.median(c for _, c in epochs[name]), 3),
             "epochs_timed": len(epochs[name]),
+            "validation_first_s": round(statistics.median(v[0] for v in validations[name]), 3),
+            "validation_later_s": round(statistics.median(t for v in validations[name] for t in v[1:]), 3),
             "test_acc": round(last[name]["metrics"]["test/acc"], 4),
             "test_kl": round(last[name]["metrics"]["test/kl"], 4),
             "cache": None if outputs is None else {key: outputs[key] for key in ("views", "top_k", "num_images", "build_s")},
