@@ -111,3 +111,29 @@ def test_resume_with_nothing_to_resume_says_so_before_any_work(outputs: Path) ->
         "drop resume=true to start it, or name a run directory with hydra.run.dir=DIR"
     ]
     assert not (outputs / "runs").exists()
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])  # "cuda": torch.manual_seed's branch (it seeds the CPU generator too)
+def test_each_training_batch_draws_from_generators_seeded_by_its_position_alone(device):
+    import random
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from kdlab.fingerprint import derived_seed
+    from kdlab.resumable import ResumableRun
+
+    callback = ResumableRun(seed=3)
+    trainer = SimpleNamespace(global_rank=1, current_epoch=2, strategy=SimpleNamespace(root_device=torch.device(device)))
+
+    def draws_of_batch(batch_idx: int) -> tuple:
+        torch.rand(7), np.random.rand(), random.random()  # whatever the process drew before
+        callback.on_train_batch_start(trainer, None, None, batch_idx)
+        return torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()
+
+    seed = derived_seed(3, "train", 2, 5, 1)  # (run seed, "train", epoch, batch, rank)
+    expected = (torch.rand(3, generator=torch.Generator().manual_seed(seed)).tolist(),
+                np.random.RandomState(seed).rand(3).tolist(), random.Random(seed).random())
+    assert draws_of_batch(5) == expected
+    assert draws_of_batch(5) == expected  # the same batch again (a resumed run): the same draws
+    assert draws_of_batch(6)[0] != expected[0]
